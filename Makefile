@@ -1,0 +1,39 @@
+# The two commands a new user needs: `make train` and `make test` (both install what is missing).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test lint format bench sweep clean
+
+# (Re)install when pyproject.toml changes; torch==2.13.0 resolves to the local CPU wheel.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/python -m lm_experiments model=rnnlm $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
+sweep: $(STAMP)
+	$(BIN)/python -m lm_experiments -m experiment=compare_architectures $(ARGS)
+
+clean:
+	rm -rf $(VENV) logs .cache .pytest_cache .ruff_cache

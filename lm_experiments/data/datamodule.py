@@ -1,0 +1,186 @@
+"""One LightningDataModule for every corpus.
+
+text (hub | local files | generated) -> DatasetDict -> tokens (``datasets.map``, cached)
+-> Vocabulary (train split only) -> one id stream per split -> batches (``batching.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from lm_experiments.data.batching import ColumnBatches, WindowBatches, already_batched
+from lm_experiments.data.corpora import SPLITS, load_corpus
+from lm_experiments.data.vocab import Vocabulary
+from lm_experiments.errors import UserError
+
+STAGE_SPLIT = {"train": "train", "val": "validation", "test": "test"}
+
+
+def word_tokens(line: str) -> list[str]:
+    return line.split()
+
+
+def char_tokens(line: str) -> list[str]:
+    return list(line.rstrip("\n"))
+
+
+TOKENIZERS = {"word": word_tokens, "char": char_tokens}
+
+
+def _tokenize(batch: dict, tokenizer) -> dict:
+    return {"tokens": [tokenizer(line) for line in batch["text"]]}
+
+
+def _encode(batch: dict, vocab: Vocabulary) -> dict:
+    return {"ids": [vocab.encode(tokens) for tokens in batch["tokens"]]}
+
+
+class LMDataModule(L.LightningDataModule):
+    """Tokenizes a corpus, builds the vocabulary and serves batches for every model family.
+
+    ``batch_size`` and ``eval_batch_size`` are global: under DDP each of the ``world_size``
+    ranks gets ``batch_size // world_size`` columns (or windows), so one process with batch 2b
+    and two with batch b see the same data per step.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: str,
+        tokenizer: str = "word",
+        min_freq: int = 1,
+        max_size: int | None = None,
+        batch_size: int = 20,
+        eval_batch_size: int = 10,
+        bptt: int = 35,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        seed: int = 0,
+        **source_options,
+    ):
+        super().__init__()
+        for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"dataset.{option} must be a positive integer, got {value!r}")
+        if not isinstance(bptt, int) or bptt <= 0:
+            raise UserError(f"dataset.bptt must be a positive integer, got {bptt!r}")
+        if tokenizer not in TOKENIZERS:
+            raise UserError(
+                f"dataset.tokenizer must be one of {sorted(TOKENIZERS)}, got '{tokenizer}'"
+            )
+        self.name, self.source, self.source_options = name, source, source_options
+        self.tokenizer = tokenizer
+        self.min_freq, self.max_size = min_freq, max_size
+        self.batch_size, self.eval_batch_size, self.bptt = batch_size, eval_batch_size, bptt
+        self.num_workers, self.cache_dir, self.seed = num_workers, cache_dir, seed
+        self.train_window: int | None = None  # set for window-trained models (the NNLM)
+
+    # --- text -> ids ------------------------------------------------------------------------
+    @cached_property
+    def corpus(self):
+        """The tokenized splits (a DatasetDict with a ``tokens`` column), cached by datasets."""
+        raw = load_corpus(self.source, self.source_options, self.cache_dir)
+        tokenizer = TOKENIZERS[self.tokenizer]
+        tokenized = raw.map(
+            _tokenize, batched=True, fn_kwargs={"tokenizer": tokenizer}, desc="tokenize"
+        )
+        if "oracle_nll" not in tokenized["train"].column_names:  # keep rows aligned with oracle
+            tokenized = tokenized.filter(lambda row: len(row["tokens"]) > 0, desc="drop empty")
+        for split in SPLITS:
+            if len(tokenized[split]) == 0:
+                raise UserError(
+                    f"dataset '{self.name}': the {split} split has no tokens; "
+                    "give it at least one non-empty line"
+                )
+        return tokenized
+
+    @cached_property
+    def vocab(self) -> Vocabulary:
+        return Vocabulary.build(
+            self.corpus["train"]["tokens"], min_freq=self.min_freq, max_size=self.max_size
+        )
+
+    @cached_property
+    def streams(self) -> dict[str, np.ndarray]:
+        """Per split, all ids in order: each sentence's tokens then ``<eos>``."""
+        encoded = self.corpus.map(
+            _encode,
+            batched=True,
+            fn_kwargs={"vocab": self.vocab},
+            remove_columns=["tokens"],
+            desc="encode",
+        )
+        return {
+            split: np.concatenate(encoded[split].with_format("numpy")["ids"]).astype(np.int64)
+            for split in SPLITS
+        }
+
+    @cached_property
+    def oracle_ppl(self) -> dict[str, float]:
+        """Exact perplexity of the corpus's generator per stage, when the corpus knows it."""
+        if "oracle_nll" not in self.corpus["train"].column_names:
+            return {}
+        out = {}
+        for stage, split in STAGE_SPLIT.items():
+            nll = np.concatenate(self.corpus[split].with_format("numpy")["oracle_nll"])
+            if len(nll) != len(self.streams[split]):
+                raise RuntimeError(
+                    f"oracle scores {len(nll)} tokens, models {len(self.streams[split])}"
+                )
+            out[stage] = float(math.exp(nll.sum() / len(nll)))
+        return out
+
+    def num_tokens(self, split: str) -> int:
+        return len(self.streams[split])
+
+    # --- Lightning hooks ------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.streams  # noqa: B018  build (and cache) everything once, before the ranks start
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def _per_rank(self, option: str, size: int) -> int:
+        rank, world = self._rank()
+        if size % world:
+            raise UserError(
+                f"dataset.{option}={size} is global and must divide among {world} processes; "
+                f"use a multiple of {world}"
+            )
+        return size // world
+
+    def _columns(self, split: str, option: str, size: int) -> DataLoader:
+        rank, world = self._rank()
+        batches = ColumnBatches(
+            self.streams[split], self._per_rank(option, size), self.bptt, rank, world
+        )
+        return DataLoader(batches, batch_size=None, shuffle=False, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_window is None:
+            return self._columns("train", "batch_size", self.batch_size)
+        rank, world = self._rank()
+        windows = WindowBatches(self.streams["train"], self.train_window)
+        sampler = DistributedSampler(
+            windows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+        )
+        return DataLoader(
+            windows,
+            batch_size=self._per_rank("batch_size", self.batch_size),
+            sampler=sampler,
+            collate_fn=already_batched,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._columns("validation", "eval_batch_size", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._columns("test", "eval_batch_size", self.eval_batch_size)

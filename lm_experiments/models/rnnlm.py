@@ -1,0 +1,73 @@
+"""The recurrent LM (Elman 1990; Mikolov et al. 2010).
+
+    e_t = E[w_t]                                  projection: a lookup in a V x M matrix
+    h_t = tanh(W_x e_t + W_h h_{t-1} + b)         the recurrent hidden layer (cell=rnn_tanh)
+    y_t = softmax(W_y h_t + b_y)                  the distribution of w_{t+1}
+
+Training is teacher-forced (the true w_t is the input at step t, whatever the model predicted)
+and uses mini-batch truncated BPTT: gradients flow back ``bptt`` steps, while the hidden state
+itself is carried (detached) into the next batch of the same column, so the model still
+conditions on everything since the column's start.
+
+``nn.RNN`` computes exactly the equation above (``weight_ih`` is W_x, ``weight_hh`` is W_h, and
+its two biases add up to b) with a fused kernel; ``cell=lstm|gru`` swaps in gated cells.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lm_experiments.errors import UserError
+from lm_experiments.models.base import LanguageModel
+
+CELLS = {"rnn_tanh": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class RNNLM(LanguageModel):
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 64,
+        hidden_dim: int = 128,
+        cell: str = "rnn_tanh",
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        tie_weights: bool = False,
+        optimizer=None,
+        scheduler=None,
+    ):
+        super().__init__(vocab_size, optimizer, scheduler)
+        if cell not in CELLS:
+            raise UserError(f"model.cell must be one of {sorted(CELLS)}, got '{cell}'")
+        if tie_weights and embedding_dim != hidden_dim:
+            raise UserError(
+                "model.tie_weights=true needs model.embedding_dim == model.hidden_dim "
+                f"(got {embedding_dim} and {hidden_dim})"
+            )
+        self.cell = cell
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)  # E: V x M
+        self.drop = nn.Dropout(dropout)
+        self.rnn = CELLS[cell](
+            embedding_dim,
+            hidden_dim,
+            num_layers=num_layers,
+            dropout=dropout if num_layers > 1 else 0.0,  # between stacked layers
+            batch_first=True,
+            **({"nonlinearity": "tanh"} if cell == "rnn_tanh" else {}),
+        )
+        self.output = nn.Linear(hidden_dim, vocab_size)  # W_y, b_y
+        if tie_weights:
+            self.output.weight = self.embedding.weight  # Press & Wolf 2017: E doubles as W_y
+        self.num_layers, self.hidden_dim = num_layers, hidden_dim
+
+    def init_state(self, batch_size: int):
+        h = torch.zeros(self.num_layers, batch_size, self.hidden_dim, device=self.device)
+        return (h, h.clone()) if self.cell == "lstm" else h
+
+    def forward(self, inputs: torch.Tensor, state=None):
+        if state is None:
+            state = self.init_state(inputs.size(0))
+        e = self.drop(self.embedding(inputs))  # [B, T, M]
+        h, state = self.rnn(e, state)  # [B, T, H]; state: the last step's hidden state
+        return self.output(self.drop(h)), state  # logits [B, T, V]

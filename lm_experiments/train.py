@@ -1,0 +1,106 @@
+"""One experiment: build data, model, trainer and loggers from the config; fit; test the best
+checkpoint; write ``metrics.json`` in the run directory."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from lm_experiments.checkpoints import read_checkpoint
+from lm_experiments.models.base import check_vocabulary
+from lm_experiments.utils import instantiate_group, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _model_name(cfg: DictConfig, model) -> str:
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("model")
+        if choice:
+            return choice
+    return type(model).__name__.lower()
+
+
+def build(cfg: DictConfig):
+    """The data module and a model sized to its vocabulary."""
+    datamodule = hydra.utils.instantiate(cfg.dataset)
+    vocab = datamodule.vocab  # tokenizes (cached) and builds the vocabulary from train
+    model = hydra.utils.instantiate(cfg.model, vocab_size=len(vocab))
+    model.vocab = vocab
+    model.oracle_ppl = datamodule.oracle_ppl
+    datamodule.train_window = model.train_window
+    return datamodule, model
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run the experiment described by ``cfg`` and return its metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = cfg.get("ckpt_path")
+
+    datamodule, model = build(cfg)
+    if ckpt_path:  # fail before training, with a readable message, not deep inside Lightning
+        check_vocabulary(read_checkpoint(ckpt_path).get("vocabulary", []), model.vocab)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "vocab.txt").write_text("\n".join(model.vocab.itos) + "\n")
+
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False
+    )
+    for logger in loggers:
+        logger.log_hyperparams(
+            {**OmegaConf.to_container(cfg, resolve=True), "params": model.num_parameters()}
+        )
+
+    started = time.perf_counter()
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_seconds = time.perf_counter() - started
+
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not cfg.get("train", True):
+            best = ckpt_path
+        if not best:
+            log.warning("no best checkpoint was saved: testing the weights in memory")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+
+    metrics = {
+        "model": _model_name(cfg, model),
+        "dataset": datamodule.name,
+        "params": model.num_parameters(),
+        "train_seconds": train_seconds,
+        "epochs": trainer.current_epoch,
+        "run_dir": str(output_dir),
+    }
+    for stage, results in model.results.items():
+        metrics.update({f"{stage}/{key}": value for key, value in results.items()})
+    if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
+        metrics["best_checkpoint"] = trainer.checkpoint_callback.best_model_path
+    if trainer.is_global_zero:
+        write_json_atomic(output_dir / "metrics.json", metrics)
+        if "test/ppl" in metrics:
+            log.info(
+                "test perplexity %.3f on %d tokens%s",
+                metrics["test/ppl"],
+                metrics["test/tokens"],
+                f" (oracle {metrics['test/oracle_ppl']:.3f})"
+                if "test/oracle_ppl" in metrics
+                else "",
+            )
+    return metrics
+
+
+def objective(metrics: dict) -> float:
+    """What sweepers minimise: the best validation perplexity (inf when there is none)."""
+    value = metrics.get("val/ppl_best", math.inf)
+    return value if math.isfinite(value) else math.inf
