@@ -1,0 +1,5 @@
+"""lm-experiments: honest, reproducible perplexity comparisons of language-model architectures."""
+
+from lm_experiments import utils as _utils  # noqa: F401  registers the config resolvers
+
+__version__ = "0.1.0"

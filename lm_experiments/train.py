@@ -8,14 +8,13 @@ import math
 import time
 from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lm_experiments.checkpoints import read_checkpoint
 from lm_experiments.models.base import check_vocabulary
-from lm_experiments.utils import instantiate_group, write_json_atomic
+from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +29,9 @@ def _model_name(cfg: DictConfig, model) -> str:
 
 def build(cfg: DictConfig):
     """The data module and a model sized to its vocabulary."""
-    datamodule = hydra.utils.instantiate(cfg.dataset)
+    datamodule = instantiate(cfg.dataset)
     vocab = datamodule.vocab  # tokenizes (cached) and builds the vocabulary from train
-    model = hydra.utils.instantiate(cfg.model, vocab_size=len(vocab))
+    model = instantiate(cfg.model, vocab_size=len(vocab))
     model.vocab = vocab
     model.oracle_ppl = datamodule.oracle_ppl
     datamodule.train_window = model.train_window
@@ -53,7 +52,7 @@ def train(cfg: DictConfig) -> dict:
     (output_dir / "vocab.txt").write_text("\n".join(model.vocab.itos) + "\n")
 
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(
+    trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False
     )
     for logger in loggers:

@@ -12,7 +12,10 @@ import hydra
 import rich
 import rich.syntax
 import rich.tree
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+
+from lm_experiments.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +34,22 @@ def print_config_tree(cfg: DictConfig) -> None:
     rich.print(tree)
 
 
+def instantiate(node: DictConfig, **kwargs):
+    """``hydra.utils.instantiate``, letting a UserError raised by the target reach the user as it
+    is (Hydra wraps every exception of a target in an InstantiationException)."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
+
+
 def instantiate_group(group: DictConfig | None) -> list:
     """Instantiate every entry of a config group whose members each have a ``_target_``."""
     if not group:
         return []
-    return [hydra.utils.instantiate(node) for node in group.values() if "_target_" in node]
+    return [instantiate(node) for node in group.values() if "_target_" in node]
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:

@@ -54,8 +54,8 @@ def single_file(
     saw, as in the usual char-rnn setup.
     """
     text = datasets.load_dataset(
-        "text", data_files={"all": _existing_file("path", path)}, cache_dir=cache_dir
-    )["all"]
+        "text", data_files={"train": _existing_file("path", path)}, cache_dir=cache_dir
+    )["train"]
     n = len(text)
     n_test, n_valid = int(n * test_fraction), int(n * valid_fraction)
     n_train = n - n_valid - n_test

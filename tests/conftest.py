@@ -1,0 +1,111 @@
+"""Shared fixtures: real Hydra composition, small local corpora, a session-wide datasets cache."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED = ROOT.parent / "shared"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under ../shared, or skip the test saying why."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared reference data sits beside the checkout in CI")
+    return path
+
+
+def toy_sentences(n: int, seed: int) -> list[str]:
+    """A small language with a dependency an RNN can learn: the subject fixes the verb form."""
+    rng = random.Random(seed)
+    subjects = {"the cat": "sits", "the cats": "sit", "a dog": "runs", "dogs": "run"}
+    adjectives = ["big", "small", "old", "red"]
+    places = ["on the mat", "in the house", "by the door", "under the tree"]
+    lines = []
+    for _ in range(n):
+        subject = rng.choice(list(subjects))
+        det, _, noun = subject.rpartition(" ")
+        adj = " ".join(rng.sample(adjectives, rng.randint(0, 2)))
+        words = [det, adj, noun, subjects[subject], rng.choice(places)]
+        lines.append(" ".join(w for w in words if w))
+    return lines
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory) -> dict[str, Path]:
+    """train/valid/test text files of the toy language (one sentence a line)."""
+    folder = tmp_path_factory.mktemp("toy")
+    files = {}
+    for split, n, seed in (("train", 600, 0), ("valid", 100, 1), ("test", 100, 2)):
+        files[split] = folder / f"{split}.txt"
+        files[split].write_text("\n".join(toy_sentences(n, seed)) + "\n")
+    return files
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("datasets_cache")
+
+
+def toy_overrides(files: dict[str, Path]) -> list[str]:
+    return [
+        "dataset=text",
+        f"dataset.train_path={files['train']}",
+        f"dataset.valid_path={files['valid']}",
+        f"dataset.test_path={files['test']}",
+    ]
+
+
+def compose_config(overrides: list[str], run_dir: Path, cache: Path) -> DictConfig:
+    """Compose conf/ like the CLI does, with paths pointed into the test's folders."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # runtime.choices, as in a real run
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(run_dir)
+        cfg.paths.output_dir = str(run_dir)
+        cfg.paths.cache_dir = str(cache)
+        cfg.print_config = False
+        del cfg.hydra
+    return cfg
+
+
+FAST = [
+    "callbacks=none",
+    "logger=none",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def run_cli(args: list[str], cwd: Path, module: str = "lm_experiments", timeout: int = 240):
+    """Run ``python -m <module> ...`` in a subprocess, as a user would."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
