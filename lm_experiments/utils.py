@@ -76,3 +76,4 @@ def wandb_mode() -> str:
 
 
 OmegaConf.register_new_resolver("wandb_mode", wandb_mode, replace=True)
+OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)

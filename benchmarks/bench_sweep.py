@@ -1,0 +1,62 @@
+"""The architecture comparison: ``make sweep`` (``-m experiment=compare_architectures``) as a
+benchmark section -- every family on the embedded synthetic corpus, the same splits and token
+accounting, its table taken from the sweep's ``comparison.md``.
+
+    python -m benchmarks.run sweep            # the full sweep (minutes to hours on a CPU)
+    python -m benchmarks.run sweep --quick    # tiny corpus, one epoch: a smoke check
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TITLE = "Architecture comparison (experiment=compare_architectures)"
+ROOT = Path(__file__).resolve().parents[1]
+
+QUICK = [
+    "dataset.train_tokens=5000",
+    "dataset.valid_tokens=1000",
+    "dataset.test_tokens=1000",
+    "trainer.max_epochs=1",
+    "callbacks=none",
+]
+
+
+def run(quick: bool = False) -> str:
+    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    sweep_dir = ROOT / "logs" / "bench_sweep" / f"{stamp}{'_quick' if quick else ''}"
+    command = [
+        sys.executable,
+        "-m",
+        "lm_experiments",
+        "-m",
+        "experiment=compare_architectures",
+        "print_config=false",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        *(QUICK if quick else []),
+    ]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    report = sweep_dir / "comparison.md"
+    if not report.is_file():
+        tail = "\n".join((result.stderr or result.stdout).splitlines()[-20:])
+        return f"The sweep wrote no comparison (exit {result.returncode}):\n\n```\n{tail}\n```\n"
+    table = report.read_text().split("\n", 2)[2]  # without the '# Comparison: <dir>' heading
+    size = "a 5k-token corpus, one epoch (--quick)" if quick else "the default synthetic corpus"
+    return (
+        f"Every architecture trained on {size}, on the same splits and token accounting; "
+        f"perplexities on the test split, the oracle being the generator's own perplexity "
+        f"(the best possible). The whole sweep took {seconds:,.0f} s "
+        f"(exit status {result.returncode}); per-epoch validation curves are in "
+        f"`{sweep_dir.relative_to(ROOT)}/comparison.png`.\n\n{table}"
+    )
+
+
+if __name__ == "__main__":
+    print(run(quick="--quick" in sys.argv))
