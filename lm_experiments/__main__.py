@@ -9,9 +9,17 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from lm_experiments.errors import UserError
+from lm_experiments.resilience import (
+    RunInterrupted,
+    ddp_job_argv,
+    is_ddp_child,
+    isolated_ddp_job,
+    rerun_as_ddp_child,
+)
 from lm_experiments.train import objective, train
 from lm_experiments.utils import print_config_tree
 
@@ -20,20 +28,31 @@ log = logging.getLogger("lm_experiments")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    if cfg.get("print_config", True):
+    rank_zero = rank_zero_only.rank == 0  # DDP ranks > 0 run the same job, silently
+    if cfg.get("print_config", True) and rank_zero:
         print_config_tree(cfg)
     try:
-        metrics = train(cfg)
+        # DDP ranks 1..N-1 (started by Lightning) rerun exactly this job, not the sweep
+        with isolated_ddp_job(ddp_job_argv()):
+            metrics = train(cfg)
     except UserError as err:
         log.error("%s", err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep records this run as failed and goes on with the others
-        print(f"error: {err}", file=sys.stderr)
+        if rank_zero:
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    if "test/ppl" in metrics:
+    except RunInterrupted as stop:  # a signal: a resumable checkpoint was saved; the sweep stops
+        log.warning("%s", stop)
+        if rank_zero:
+            print(f"interrupted: {stop}", file=sys.stderr)
+        # Lightning's launcher kills rank 0 when a child exits non-zero: children exit 0
+        sys.exit(0 if is_ddp_child() else stop.exit_code)
+    if "test/ppl" in metrics and rank_zero:
         print(f"test perplexity: {metrics['test/ppl']:.3f} ({metrics['test/tokens']} tokens)")
     return objective(metrics)
 
 
 if __name__ == "__main__":
+    rerun_as_ddp_child()  # before Hydra parses the command line
     main()

@@ -11,13 +11,15 @@ from functools import cached_property
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from lm_experiments.data.batching import ColumnBatches, WindowBatches, already_batched
 from lm_experiments.data.corpora import SPLITS, load_corpus
 from lm_experiments.data.vocab import Vocabulary
 from lm_experiments.errors import UserError
+from lm_experiments.resilience import ResumableSampler, training_position
 
 STAGE_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
@@ -80,6 +82,7 @@ class LMDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.bptt = batch_size, eval_batch_size, bptt
         self.num_workers, self.cache_dir, self.seed = num_workers, cache_dir, seed
         self.train_window: int | None = None  # set for window-trained models (the NNLM)
+        self._resume_at: dict[str, int] | None = None  # from a checkpoint saved inside an epoch
 
     # --- text -> ids ------------------------------------------------------------------------
     @cached_property
@@ -156,12 +159,34 @@ class LMDataModule(L.LightningDataModule):
             )
         return size // world
 
+    def _loader(self, dataset, sampler, batch_size: int | None = None, **kwargs) -> DataLoader:
+        # its own generator: creating an iterator must not draw from the global RNG, so that a
+        # resumed run's dropout masks are an uninterrupted run's
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+            **kwargs,
+        )
+
     def _columns(self, split: str, option: str, size: int) -> DataLoader:
         rank, world = self._rank()
         batches = ColumnBatches(
             self.streams[split], self._per_rank(option, size), self.bptt, rank, world
         )
-        return DataLoader(batches, batch_size=None, shuffle=False, num_workers=self.num_workers)
+        sampler = SequentialSampler(batches)  # item i continues item i - 1
+        if split == "train":
+            sampler = self._resumable(sampler, 1)
+        return self._loader(batches, sampler)
+
+    def _resumable(self, sampler, batch_size: int) -> ResumableSampler:
+        sampler = ResumableSampler(sampler, batch_size)
+        if self._resume_at is not None:  # continue the epoch the checkpoint was saved in
+            sampler.resume(**self._resume_at)
+            self._resume_at = None
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         if self.train_window is None:
@@ -171,13 +196,21 @@ class LMDataModule(L.LightningDataModule):
         sampler = DistributedSampler(
             windows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
         )
-        return DataLoader(
+        batch_size = self._per_rank("batch_size", self.batch_size)
+        return self._loader(
             windows,
-            batch_size=self._per_rank("batch_size", self.batch_size),
-            sampler=sampler,
+            self._resumable(sampler, batch_size),
+            batch_size=batch_size,
             collate_fn=already_batched,
-            num_workers=self.num_workers,
         )
+
+    # where the training stream stands, in every checkpoint (resilience.py)
+    def state_dict(self) -> dict:
+        position = training_position(self.trainer)
+        return {"train_position": position} if position else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = state.get("train_position")
 
     def val_dataloader(self) -> DataLoader:
         return self._columns("validation", "eval_batch_size", self.eval_batch_size)

@@ -218,25 +218,25 @@ class Grammar:
 
 # ---------------------------------------------------------------------------------------------
 # The English grammar. Latent choices are always made at the token that reveals them (a noun
-# reveals its class and number, a determiner may reveal the number), which keeps the grammar
-# unambiguous token by token. Nonterminals are tuples (name, *features); features are strings,
-# ints and tuples only (never sets: their iteration order would depend on the hash seed).
+# reveals its class and number, a determiner may reveal the number, a quality adjective the
+# class), which keeps the grammar unambiguous token by token. Nonterminals are tuples
+# (name, *features) of strings, ints and tuples (never sets: their iteration order would depend
+# on the hash seed).
+#
+# The lexicon is deliberately regular: words of one category are interchangeable (uniform
+# choice), each quality adjective and each verb belongs to one class of subject, so a model that
+# groups words into classes and tracks a few features (sentence type, subject class and number,
+# what is missing) can reach the oracle from 200k tokens, while a model that sees only the last
+# few words cannot.
 # ---------------------------------------------------------------------------------------------
 
 CLASSES = ("animal", "person", "machine", "food", "thing", "place")
-AGENTS = ("animal", "person", "machine")  # classes that have verbs other than "is"/"are"
+AGENTS = ("animal", "person", "machine")  # classes with verbs other than "is"/"are"
 ANIMATE = ("animal", "person")
 INANIMATE = ("machine", "food", "thing", "place")
 
-# Prior weight of each class where a noun of several classes may follow (subjects, objects).
-CLASS_WEIGHT = {
-    "animal": 3.0,
-    "person": 3.0,
-    "machine": 2.0,
-    "food": 1.5,
-    "thing": 1.5,
-    "place": 1.0,
-}
+# Prior weight of each class where nouns of several classes may follow (subjects, objects).
+CLASS_WEIGHT = {"animal": 3, "person": 3, "machine": 2, "food": 1.5, "thing": 1.5, "place": 1}
 PLURAL_PROB = 0.4  # P(plural noun) where the determiner left the number open
 
 # (singular, plural); no noun is the same in both numbers, no word is two parts of speech.
@@ -245,24 +245,26 @@ NOUNS = {
         ("cat", "cats"), ("dog", "dogs"), ("horse", "horses"), ("mouse", "mice"),
         ("rabbit", "rabbits"), ("bird", "birds"), ("fox", "foxes"), ("goat", "goats"),
         ("cow", "cows"), ("pig", "pigs"), ("wolf", "wolves"), ("bear", "bears"),
-        ("duck", "ducks"), ("frog", "frogs"),
+        ("duck", "ducks"), ("frog", "frogs"), ("owl", "owls"), ("lion", "lions"),
     ],
     "person": [
         ("man", "men"), ("woman", "women"), ("child", "children"), ("girl", "girls"),
         ("boy", "boys"), ("teacher", "teachers"), ("farmer", "farmers"), ("doctor", "doctors"),
         ("king", "kings"), ("queen", "queens"), ("baker", "bakers"), ("sailor", "sailors"),
-        ("nurse", "nurses"), ("painter", "painters"),
+        ("nurse", "nurses"), ("painter", "painters"), ("soldier", "soldiers"),
+        ("pilot", "pilots"),
     ],
     "machine": [
         ("truck", "trucks"), ("train", "trains"), ("boat", "boats"), ("car", "cars"),
         ("robot", "robots"), ("bus", "buses"), ("tractor", "tractors"), ("plane", "planes"),
-        ("crane", "cranes"), ("wagon", "wagons"),
+        ("crane", "cranes"), ("wagon", "wagons"), ("ship", "ships"), ("van", "vans"),
+        ("rocket", "rockets"), ("engine", "engines"),
     ],
     "food": [
         ("apple", "apples"), ("cake", "cakes"), ("carrot", "carrots"), ("cookie", "cookies"),
         ("egg", "eggs"), ("pie", "pies"), ("banana", "bananas"), ("orange", "oranges"),
         ("sandwich", "sandwiches"), ("potato", "potatoes"), ("lemon", "lemons"),
-        ("pear", "pears"), ("plum", "plums"), ("grape", "grapes"),
+        ("pear", "pears"), ("plum", "plums"), ("onion", "onions"),
     ],
     "thing": [
         ("book", "books"), ("ball", "balls"), ("box", "boxes"), ("hat", "hats"),
@@ -274,114 +276,74 @@ NOUNS = {
         ("hill", "hills"), ("river", "rivers"), ("garden", "gardens"), ("house", "houses"),
         ("road", "roads"), ("field", "fields"), ("bridge", "bridges"), ("table", "tables"),
         ("mat", "mats"), ("forest", "forests"), ("lake", "lakes"), ("farm", "farms"),
-        ("tower", "towers"), ("wall", "walls"),
+        ("tower", "towers"), ("island", "islands"),
     ],
 }  # fmt: skip
 
-# Determiners: word -> (number it forces, weight). "any" leaves the number to the noun.
+# Determiners: word -> (number it forces, weight). "any" leaves the number to the noun; "a"
+# becomes "an" before a vowel.
 DETERMINERS = {
-    "the": ("any", 8.0), "my": ("any", 1.0), "his": ("any", 0.7), "her": ("any", 0.7),
-    "our": ("any", 0.6), "one": ("sg", 1.0), "a": ("sg", 2.0), "this": ("sg", 1.0), "every": ("sg", 0.8),
-    "these": ("pl", 1.0), "those": ("pl", 0.7), "some": ("pl", 1.2), "many": ("pl", 0.6),
-    "two": ("pl", 0.6), "three": ("pl", 0.4),
+    "the": ("any", 8.0), "my": ("any", 1.0), "our": ("any", 0.6), "a": ("sg", 3.0),
+    "this": ("sg", 1.0), "every": ("sg", 0.8), "these": ("pl", 1.0), "some": ("pl", 1.2),
+    "many": ("pl", 0.6), "two": ("pl", 0.6),
 }  # fmt: skip
 
-# Prenominal adjectives come in the English order quality < size < age < colour < material: a run
-# takes each slot at most once, left to right. Each adjective fits some classes; it narrows the
-# classes the noun may come from (so "the ripe ..." announces food). Quality (slot 0) and size
-# (slot 1) adjectives are also the predicates of "is"/"are".
-ADJECTIVES = [
-    # quality, mostly class-specific
-    ("hungry", 0, ("animal", "person")), ("furry", 0, ("animal",)), ("wild", 0, ("animal",)),
-    ("sleepy", 0, ("animal", "person")), ("friendly", 0, ("animal", "person")),
-    ("happy", 0, ("person",)), ("tired", 0, ("person",)), ("busy", 0, ("person", "place")),
-    ("kind", 0, ("person",)), ("clever", 0, ("person",)),
-    ("noisy", 0, ("machine", "place")), ("broken", 0, ("machine", "thing")),
-    ("rusty", 0, ("machine", "thing")), ("fast", 0, ("machine", "animal")), ("slow", 0, ("machine",)),
-    ("ripe", 0, ("food",)), ("sweet", 0, ("food",)), ("fresh", 0, ("food",)),
-    ("juicy", 0, ("food",)), ("sour", 0, ("food",)),
-    ("heavy", 0, ("thing", "machine")), ("empty", 0, ("thing", "place")), ("shiny", 0, ("thing",)),
-    ("useful", 0, ("thing", "machine")), ("precious", 0, ("thing",)),
-    ("quiet", 0, ("place",)), ("muddy", 0, ("place",)), ("sunny", 0, ("place",)),
-    ("distant", 0, ("place",)), ("narrow", 0, ("place",)),
-    # size
-    ("big", 1, CLASSES), ("small", 1, CLASSES), ("little", 1, ("animal", "person", "thing")),
-    ("tiny", 1, ("animal", "food", "thing")), ("huge", 1, ("animal", "machine", "thing", "place")),
-    ("tall", 1, ("person", "place")),
-    # age
-    ("old", 2, ("animal", "person", "machine", "thing", "place")), ("young", 2, ("animal", "person")),
-    ("new", 2, ("machine", "thing", "place")),
-    # colour
-    ("red", 3, ("machine", "food", "thing")), ("green", 3, ("machine", "food", "thing", "place")),
-    ("yellow", 3, ("machine", "food", "thing")), ("brown", 3, ("animal", "food", "thing")),
-    ("black", 3, ("animal", "machine", "thing")), ("white", 3, ("animal", "machine", "thing")),
-    ("grey", 3, ("animal", "machine", "place")),
-    # material
-    ("wooden", 4, ("thing", "machine", "place")), ("golden", 4, ("thing",)),
-    ("plastic", 4, ("thing", "machine")),
-]  # fmt: skip
-MAX_ADJECTIVES = 3
-P_NOUN_AFTER_ADJECTIVES = (0.5, 0.7, 0.85)  # P(stop the run now | this many adjectives so far)
+# Up to two prenominal adjectives, in English order: a size/age adjective (fits every noun),
+# then a quality adjective, which belongs to one class and so announces the noun's class.
+# Quality and size adjectives are also the predicates of "is"/"are".
+SIZE_ADJECTIVES = ("big", "small", "little", "huge", "tiny", "old")
+QUALITY_ADJECTIVES = {
+    "animal": ("furry", "wild", "fierce", "spotted", "sleepy"),
+    "person": ("happy", "tired", "kind", "clever", "brave"),
+    "machine": ("noisy", "rusty", "fast", "electric", "broken"),
+    "food": ("ripe", "sweet", "fresh", "juicy", "sour"),
+    "thing": ("heavy", "shiny", "empty", "wooden", "precious"),
+    "place": ("quiet", "muddy", "sunny", "distant", "narrow"),
+}
+P_SIZE_ADJECTIVE = 0.2  # right after the determiner
+P_QUALITY_ADJECTIVE = 0.3  # after the determiner and any size adjective
 
-# Verbs: (3rd person singular, bare/plural, subject classes, frame, object classes, weight).
+# Verbs: (3rd person singular, bare/plural, subject class, frame, object classes, weight).
 # Frames: "intr" (nothing follows), "obj" (an object noun phrase of the object classes),
-# "loc" (a preposition and a place). Agreement: a singular subject takes the first form.
+# "loc" (a preposition and a place). A singular subject takes the first form.
 VERBS = [
-    ("sleeps", "sleep", ("animal", "person"), "intr", (), 1.0),
-    ("runs", "run", ("animal", "person", "machine"), "intr", (), 1.0),
-    ("jumps", "jump", ("animal", "person"), "intr", (), 0.8),
-    ("hides", "hide", ("animal", "person"), "intr", (), 0.8),
-    ("swims", "swim", ("animal",), "intr", (), 0.8),
-    ("sings", "sing", ("person",), "intr", (), 0.8),
-    ("laughs", "laugh", ("person",), "intr", (), 0.8),
-    ("dances", "dance", ("person",), "intr", (), 0.6),
-    ("works", "work", ("person", "machine"), "intr", (), 0.8),
-    ("stops", "stop", ("machine",), "intr", (), 1.0),
-    ("moves", "move", ("machine",), "intr", (), 1.0),
-    ("breaks", "break", ("machine",), "intr", (), 0.8),
-    ("crashes", "crash", ("machine",), "intr", (), 0.6),
-    ("waits", "wait", ("person", "machine"), "intr", (), 0.8),
-    ("eats", "eat", ("animal", "person"), "obj", ("food",), 2.0),
-    ("chases", "chase", ("animal",), "obj", ("animal", "person", "machine"), 1.5),
-    ("bites", "bite", ("animal",), "obj", ("animal", "person", "food"), 1.0),
-    ("smells", "smell", ("animal",), "obj", ("food", "animal", "thing"), 1.0),
-    ("watches", "watch", ("animal", "person"), "obj", ("animal", "person", "machine"), 1.0),
-    (
-        "follows",
-        "follow",
-        ("animal", "person", "machine"),
-        "obj",
-        ("animal", "person", "machine"),
-        1.0,
-    ),
-    ("cooks", "cook", ("person",), "obj", ("food",), 1.2),
-    ("buys", "buy", ("person",), "obj", ("food", "thing", "machine"), 1.2),
-    ("sells", "sell", ("person",), "obj", ("food", "thing", "machine"), 1.0),
-    ("reads", "read", ("person",), "obj", ("thing",), 1.0),
-    ("drops", "drop", ("person",), "obj", ("thing", "food"), 0.8),
-    ("paints", "paint", ("person",), "obj", ("thing", "machine", "place"), 0.8),
-    ("feeds", "feed", ("person",), "obj", ("animal", "person"), 1.0),
-    ("helps", "help", ("person",), "obj", ("person", "animal"), 1.0),
-    ("visits", "visit", ("person",), "obj", ("person", "place"), 1.0),
-    ("drives", "drive", ("person",), "obj", ("machine",), 1.0),
-    ("fixes", "fix", ("person",), "obj", ("machine", "thing"), 1.0),
-    ("likes", "like", ("animal", "person"), "obj", CLASSES, 1.0),
-    ("finds", "find", ("animal", "person"), "obj", ("thing", "food"), 0.8),
-    ("carries", "carry", ("machine", "person"), "obj", ("thing", "food", "person", "animal"), 1.5),
-    ("pulls", "pull", ("machine", "animal"), "obj", ("thing", "machine"), 1.0),
-    ("hits", "hit", ("machine",), "obj", ("animal", "thing", "machine"), 1.0),
-    ("passes", "pass", ("machine",), "obj", ("machine", "person", "place"), 1.0),
-    ("sits", "sit", ("animal", "person"), "loc", (), 1.0),
-    ("lives", "live", ("animal", "person"), "loc", (), 1.0),
-    ("stands", "stand", ("animal", "person", "machine"), "loc", (), 1.0),
-    ("plays", "play", ("animal", "person"), "loc", (), 0.8),
+    ("sleeps", "sleep", "animal", "intr", (), 1.0),
+    ("runs", "run", "animal", "intr", (), 1.0),
+    ("jumps", "jump", "animal", "intr", (), 1.0),
+    ("swims", "swim", "animal", "intr", (), 1.0),
+    ("eats", "eat", "animal", "obj", ("food",), 2.0),
+    ("chases", "chase", "animal", "obj", ("animal", "person", "machine"), 2.0),
+    ("bites", "bite", "animal", "obj", ("animal", "person"), 1.5),
+    ("smells", "smell", "animal", "obj", ("food", "thing"), 1.5),
+    ("sits", "sit", "animal", "loc", (), 1.5),
+    ("hides", "hide", "animal", "loc", (), 1.5),
+    ("sings", "sing", "person", "intr", (), 1.0),
+    ("laughs", "laugh", "person", "intr", (), 1.0),
+    ("dances", "dance", "person", "intr", (), 1.0),
+    ("cooks", "cook", "person", "obj", ("food",), 1.5),
+    ("buys", "buy", "person", "obj", ("food", "thing", "machine"), 1.5),
+    ("reads", "read", "person", "obj", ("thing",), 1.0),
+    ("feeds", "feed", "person", "obj", ("animal", "person"), 1.5),
+    ("helps", "help", "person", "obj", ("person", "animal"), 1.5),
+    ("visits", "visit", "person", "obj", ("person", "place"), 1.5),
+    ("drives", "drive", "person", "obj", ("machine",), 1.5),
+    ("paints", "paint", "person", "obj", ("thing", "machine", "place"), 1.0),
+    ("lives", "live", "person", "loc", (), 1.5),
+    ("waits", "wait", "person", "loc", (), 1.0),
+    ("stops", "stop", "machine", "intr", (), 1.0),
+    ("moves", "move", "machine", "intr", (), 1.0),
+    ("crashes", "crash", "machine", "intr", (), 1.0),
+    ("carries", "carry", "machine", "obj", ("thing", "food", "person", "animal"), 2.0),
+    ("pulls", "pull", "machine", "obj", ("thing", "machine"), 1.5),
+    ("hits", "hit", "machine", "obj", ("animal", "thing", "machine"), 1.5),
+    ("passes", "pass", "machine", "obj", ("machine", "person", "place"), 1.5),
+    ("stands", "stand", "machine", "loc", (), 1.5),
 ]
-COPULA_WEIGHT = 2.5  # weight of "is"/"are" + predicate among an agent's verbs
-LOCATIVE_PREPOSITIONS = ("on", "in", "near", "under", "behind")
-MODIFIER_PREPOSITIONS = ("near", "on", "in", "under", "behind", "by")
+COPULA_WEIGHT = 3.0  # weight of "is"/"are" + predicate beside an agent's verbs
+PREPOSITIONS = ("on", "in", "near", "under", "behind")  # of places, after nouns and "loc" verbs
 
 # Post-nominal modifiers: (none, prepositional phrase, "with" phrase, relative clause) weights,
-# for the main subject and for any other noun phrase, by depth. Depth-2 phrases take none, which
+# for the main subject and for other noun phrases. Nouns at depth MAX_DEPTH take none, which
 # bounds the recursion (and makes the state space finite).
 MAX_DEPTH = 2
 MODIFIER_WEIGHTS = {"subject": (0.40, 0.25, 0.07, 0.28), "other": (0.72, 0.14, 0.04, 0.10)}
@@ -403,11 +365,11 @@ def _restrict(classes: tuple[str, ...], allowed: Sequence[str]) -> tuple[str, ..
 
 
 def _verbs(subject: str) -> list[tuple]:
-    return [v for v in VERBS if subject in v[2]]
+    return [v for v in VERBS if v[2] == subject]
 
 
 def _gap_verbs(subject: str, gap: tuple[str, ...]) -> list[tuple]:
-    """Verbs of `subject` that can have their object (or place) missing, filled by `gap`."""
+    """Verbs of `subject` whose object (or place) can be the gap, of a class in `gap`."""
     return [
         v
         for v in _verbs(subject)
@@ -417,6 +379,46 @@ def _gap_verbs(subject: str, gap: tuple[str, ...]) -> list[tuple]:
 
 def _gap_subjects(gap: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(c for c in AGENTS if _gap_verbs(c, gap))
+
+
+def _onset(word: str) -> str:
+    return "vowel" if word[0] in "aeio" else "consonant"
+
+
+def _noun_phrase_body(symbol: tuple) -> list[Rule]:
+    """Productions of ("NPB", ...) before the a/an restriction: an adjective or the noun.
+
+    stage 0: right after the determiner; 1: after a size adjective; 2: after a quality one.
+    """
+    _, classes, number, cont, depth, stage, _ = symbol
+    class_total = math.fsum(CLASS_WEIGHT[c] for c in classes)
+    p_size = P_SIZE_ADJECTIVE if stage == 0 else 0.0
+    p_quality = (1 - p_size) * P_QUALITY_ADJECTIVE if stage < 2 else 0.0
+    p_noun = 1 - p_size - p_quality
+    out = []
+    for word in SIZE_ADJECTIVES if p_size else ():
+        rhs = (word, ("NPB", classes, number, cont, depth, 1, ""))
+        out.append((p_size / len(SIZE_ADJECTIVES), rhs))
+    for c in classes if p_quality else ():
+        for word in QUALITY_ADJECTIVES[c]:  # the class is chosen with its prior weight
+            p = p_quality * CLASS_WEIGHT[c] / class_total / len(QUALITY_ADJECTIVES[c])
+            out.append((p, (word, ("NPB", (c,), number, cont, depth, 2, ""))))
+    numbers = {"sg": (("sg", 1.0),), "pl": (("pl", 1.0),)}.get(
+        number, (("sg", 1 - PLURAL_PROB), ("pl", PLURAL_PROB))
+    )
+    role = "subject" if cont[0] in ("decl", "yn", "wh") else "other"
+    for c in classes:
+        forms = NOUNS[c]
+        for num, p_num in numbers:
+            for sg, pl in forms:
+                p = p_noun * CLASS_WEIGHT[c] / class_total * p_num / len(forms)
+                after = []
+                if depth < MAX_DEPTH:
+                    after.append(("POST", c, num, depth, role))
+                if cont != NONE:
+                    after.append(("K", cont, c, num, depth))
+                out.append((p, (sg if num == "sg" else pl, *after)))
+    return out
 
 
 def _productions(symbol: tuple) -> list[Rule]:
@@ -431,7 +433,7 @@ def _productions(symbol: tuple) -> list[Rule]:
         out.append((SENTENCE_WEIGHTS["what"], ("what", ("WHAUX", INANIMATE))))
         out.append((SENTENCE_WEIGHTS["who"], ("who", ("WHAUX", ANIMATE))))
         return _normalised(out)
-    if name == "WHAUX":  # wh-word said; the question's subject must have a verb with that gap
+    if name == "WHAUX":  # wh-word said; the subject must have a verb that can leave that gap
         (gap,) = f
         subjects = _gap_subjects(gap)
         return _normalised(
@@ -447,59 +449,45 @@ def _productions(symbol: tuple) -> list[Rule]:
             if number != "any" and det_number not in ("any", number):
                 continue
             new_number = number if det_number == "any" else det_number
-            out.append((w, (det, ("NPB", classes, new_number, cont, depth, 0, -1))))
+            body = ("NPB", classes, new_number, cont, depth, 0, "")
+            if det != "a":
+                out.append((w, (det, body)))
+                continue
+            # The indefinite article takes its form from the next word: "a" or "an" is chosen with
+            # the probability that the next word starts with a consonant or a vowel.
+            for article, onset in (("a", "consonant"), ("an", "vowel")):
+                mass = math.fsum(p for p, rhs in _noun_phrase_body(body) if _onset(rhs[0]) == onset)
+                out.append((w * mass, (article, body[:-1] + (onset,))))
         return _normalised(out)
     if name == "NPB":  # adjectives, then the noun that fixes class and number
-        classes, number, cont, depth, n_adj, last_slot = f
-        adjectives = [
-            a for a in ADJECTIVES if a[1] > last_slot and _restrict(classes, a[2])
-        ] if n_adj < MAX_ADJECTIVES else []  # fmt: skip
-        p_noun = P_NOUN_AFTER_ADJECTIVES[n_adj] if adjectives else 1.0
-        out = []
-        for word, slot, fits in adjectives:
-            narrowed = _restrict(classes, fits)
-            rhs = (word, ("NPB", narrowed, number, cont, depth, n_adj + 1, slot))
-            out.append(((1 - p_noun) / len(adjectives), rhs))
-        class_total = math.fsum(CLASS_WEIGHT[c] for c in classes)
-        numbers = {"sg": (("sg", 1.0),), "pl": (("pl", 1.0),)}.get(
-            number, (("sg", 1 - PLURAL_PROB), ("pl", PLURAL_PROB))
-        )
-        role = "subject" if cont[0] in ("decl", "yn", "wh") else "other"
-        for c in classes:
-            for num, p_num in numbers:
-                forms = NOUNS[c]
-                for sg, pl in forms:
-                    p = p_noun * CLASS_WEIGHT[c] / class_total * p_num / len(forms)
-                    after = []
-                    if depth < MAX_DEPTH:
-                        after.append(("POST", c, num, depth, role))
-                    if cont != NONE:
-                        after.append(("K", cont, c, num, depth))
-                    out.append((p, (sg if num == "sg" else pl, *after)))
-        return out
+        productions = _noun_phrase_body(symbol)
+        onset = f[-1]
+        if onset:  # right after "a"/"an": keep the words with that onset, renormalised
+            productions = _normalised([(p, r) for p, r in productions if _onset(r[0]) == onset])
+        return productions
     if name == "POST":  # post-nominal modifier of a noun of class c and number n
         c, n, depth, role = f
         w_none, w_pp, w_with, w_rc = MODIFIER_WEIGHTS[role]
         inner = depth + 1
         out = [(w_none, ())]
-        for prep in MODIFIER_PREPOSITIONS:
-            rhs = (prep, ("NP", ("place",), "any", NONE, inner))
-            out.append((w_pp / len(MODIFIER_PREPOSITIONS), rhs))
+        for prep in PREPOSITIONS:
+            out.append((w_pp / len(PREPOSITIONS), (prep, ("NP", ("place",), "any", NONE, inner))))
         if c != "food":
-            owned = ("thing", "animal") if c == "person" else ("thing",)
-            out.append((w_with, ("with", ("NP", owned, "any", NONE, inner))))
+            out.append((w_with, ("with", ("NP", ("thing",), "any", NONE, inner))))
         out.append((w_rc, ("that", ("RC", c, n, inner))))
         return _normalised(out)
-    if name == "RC":  # after "that": subject gap (a verb follows) or object gap (a subject)
+    if name == "RC":  # after "that": a verb (subject gap) or the clause's own subject (object gap)
         c, n, depth = f
-        inner_subjects = _gap_subjects((c,))
         return _normalised(
             [
                 (P_SUBJECT_GAP, (("VP", c, n, "fin", depth),)),
-                (1 - P_SUBJECT_GAP, (("NP", inner_subjects, "any", ("gap", (c,)), depth),)),
+                (
+                    1 - P_SUBJECT_GAP,
+                    (("NP", _gap_subjects((c,)), "any", ("gap", (c,)), depth),),
+                ),
             ]
         )
-    if name == "K":  # what the rest of the clause needs to know about its subject
+    if name == "K":  # the rest of the clause, which needs its subject's class and number
         cont, c, n, depth = f
         kind = cont[0]
         if kind == "decl":
@@ -521,23 +509,23 @@ def _productions(symbol: tuple) -> list[Rule]:
             elif frame == "obj":
                 out.append((w, (word, ("NP", objects, "any", NONE, depth))))
             else:
-                out.append((w, (word, ("LOC",), ("NP", ("place",), "any", NONE, depth))))
+                out.append((w, (word, ("PREP",), ("NP", ("place",), "any", NONE, depth))))
         if form == "fin":  # questions are built with an auxiliary, which "is" cannot follow
             out.append((COPULA_WEIGHT, ("is" if n == "sg" else "are", ("PRED", c))))
         return _normalised(out)
-    if name == "VGAP":  # a verb whose object is the gap (the wh-word or relativised noun)
+    if name == "VGAP":  # a verb whose object is the gap (the wh-word or the relativised noun)
         c, n, form, gap = f
         out = []
         for sg, bare, _, frame, _, w in _gap_verbs(c, gap):
             word = sg if (form == "fin" and n == "sg") else bare
-            out.append((w, (word, ("LOC",)) if frame == "loc" else (word,)))
+            out.append((w, (word, ("PREP",)) if frame == "loc" else (word,)))
         return _normalised(out)
-    if name == "LOC":
-        return [(1 / len(LOCATIVE_PREPOSITIONS), (p,)) for p in LOCATIVE_PREPOSITIONS]
+    if name == "PREP":
+        return [(1 / len(PREPOSITIONS), (p,)) for p in PREPOSITIONS]
     if name == "PRED":
         (c,) = f
-        predicates = [a for a in ADJECTIVES if a[1] <= 1 and c in a[2]]
-        return [(1 / len(predicates), (a[0],)) for a in predicates]
+        predicates = QUALITY_ADJECTIVES[c] + SIZE_ADJECTIVES
+        return [(1 / len(predicates), (word,)) for word in predicates]
     raise ValueError(f"unknown nonterminal {symbol!r}")
 
 

@@ -18,12 +18,15 @@ import time
 
 import lightning as L
 import torch
+import torch.distributed
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils._pytree import tree_map
 from torchmetrics import Metric
 
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX, Vocabulary
 from lm_experiments.errors import UserError
+from lm_experiments.resilience import gather_per_rank, training_position
 
 
 class CorpusPerplexity(Metric):
@@ -119,14 +122,26 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         nll_sum, tokens = self._scored(batch, "train")
-        loss = nll_sum / tokens.clamp(min=1)
-        if not torch.isfinite(loss):
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            loss = nll_sum / tokens.clamp(min=1)  # the mean NLL of the batch's scored tokens
+            global_loss = loss.detach()
+        else:
+            # DDP averages the ranks' gradients. Dividing this rank's NLL sum by the mean tokens
+            # per rank (all ranks' tokens / world) makes that average the gradient of
+            # sum NLL / sum tokens over the global batch, exactly as one process with the whole
+            # batch, even when ranks score different numbers of tokens (padded column ends)
+            totals = torch.stack([nll_sum.detach().double(), tokens.double()])  # [2]
+            torch.distributed.all_reduce(totals)  # sum over ranks
+            loss = nll_sum * world / totals[1].clamp(min=1)
+            global_loss = (totals[0] / totals[1].clamp(min=1)).float()
+        if not torch.isfinite(global_loss):  # every rank sees the same value: all stop together
             raise UserError(
-                f"training diverged: the loss became {loss.item()} at step {self.global_step}; "
-                "lower model.optimizer.lr or set trainer.gradient_clip_val (the last good "
-                "checkpoint was kept)"
+                f"training diverged: the loss became {global_loss.item()} at step "
+                f"{self.global_step}; lower model.optimizer.lr or set trainer.gradient_clip_val "
+                "(the last good checkpoint was kept)"
             )
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(tokens))
+        self.log("train/loss", global_loss, prog_bar=True, batch_size=batch[0].size(0))
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -205,14 +220,47 @@ class LanguageModel(L.LightningModule):
             checkpoint["vocabulary"] = self.vocab.itos
         cls = type(self)
         checkpoint["model_class"] = f"{cls.__module__}.{cls.__qualname__}"
+        trainer = self._trainer
+        position = training_position(trainer)
+        if position and position["batches"] > 0:
+            # saved inside an epoch: what the next batch builds on, per rank (each rank carries
+            # its own columns), so that a resume continues exactly (resilience.py)
+            carried = {
+                "state": self._state.get("train"),
+                "nll_sum": self.train_ppl.nll_sum,
+                "tokens": self.train_ppl.tokens,
+                "train_seconds": self._train_seconds,
+            }
+            checkpoint["carried"] = {
+                "position": position,
+                "ranks": gather_per_rank(carried, trainer),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("vocabulary")
-        if saved is None:
-            return
-        check_vocabulary(saved, self.vocab)
-        if self.vocab is None:
-            self.vocab = Vocabulary(saved)
+        if saved is not None:
+            check_vocabulary(saved, self.vocab)
+            if self.vocab is None:
+                self.vocab = Vocabulary(saved)
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if "carried" in checkpoint and fitting:
+            self._restore_carried(checkpoint["carried"])
+
+    def _restore_carried(self, carried: dict) -> None:
+        ranks, world = carried["ranks"], self.trainer.world_size
+        if len(ranks) != world:
+            raise UserError(
+                f"this checkpoint was saved inside an epoch by {len(ranks)} processes, so it "
+                f"resumes only on {len(ranks)} (got {world}): set trainer.devices/num_nodes "
+                "accordingly, or resume from an end-of-epoch checkpoint"
+            )
+        mine = ranks[self.trainer.global_rank]
+        self._state["train"] = tree_map(
+            lambda x: x.to(self.device) if isinstance(x, torch.Tensor) else x, mine["state"]
+        )
+        self.train_ppl.nll_sum = mine["nll_sum"].to(self.device)
+        self.train_ppl.tokens = mine["tokens"].to(self.device)
+        self._train_seconds = mine["train_seconds"]
 
     # --- generation: feed each sampled token back in ----------------------------------------------
     @torch.no_grad()

@@ -11,6 +11,10 @@ conditions on everything since the column's start.
 
 ``nn.RNN`` computes exactly the equation above (``weight_ih`` is W_x, ``weight_hh`` is W_h, and
 its two biases add up to b) with a fused kernel; ``cell=lstm|gru`` swaps in gated cells.
+
+``softmax=adaptive`` replaces the full softmax over V by the adaptive softmax (``softmax.py``):
+still a normalized distribution, so perplexity stays exact, at a fraction of the cost for
+WikiText-103-size vocabularies.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import nn
 
 from lm_experiments.errors import UserError
 from lm_experiments.models.base import LanguageModel
+from lm_experiments.models.softmax import output_layer
 
 CELLS = {"rnn_tanh": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -34,9 +39,14 @@ class RNNLM(LanguageModel):
         num_layers: int = 1,
         dropout: float = 0.0,
         tie_weights: bool = False,
+        softmax: str = "full",
+        cutoffs: list[int] | None = None,
         optimizer=None,
         scheduler=None,
     ):
+        # a plain list in the saved hyperparameters (Hydra passes a ListConfig), so that
+        # checkpoints stay loadable with weights_only
+        cutoffs = list(cutoffs) if cutoffs else None
         super().__init__(vocab_size, optimizer, scheduler)
         if cell not in CELLS:
             raise UserError(f"model.cell must be one of {sorted(CELLS)}, got '{cell}'")
@@ -45,6 +55,8 @@ class RNNLM(LanguageModel):
                 "model.tie_weights=true needs model.embedding_dim == model.hidden_dim "
                 f"(got {embedding_dim} and {hidden_dim})"
             )
+        if tie_weights and softmax != "full":
+            raise UserError("model.tie_weights=true needs model.softmax=full")
         self.cell = cell
         self.embedding = nn.Embedding(vocab_size, embedding_dim)  # E: V x M
         self.drop = nn.Dropout(dropout)
@@ -56,7 +68,8 @@ class RNNLM(LanguageModel):
             batch_first=True,
             **({"nonlinearity": "tanh"} if cell == "rnn_tanh" else {}),
         )
-        self.output = nn.Linear(hidden_dim, vocab_size)  # W_y, b_y
+        # W_y, b_y (full), or the adaptive softmax's head and tails; cutoffs null: from V
+        self.output = output_layer(softmax, hidden_dim, vocab_size, cutoffs)
         if tie_weights:
             self.output.weight = self.embedding.weight  # Press & Wolf 2017: E doubles as W_y
         self.num_layers, self.hidden_dim = num_layers, hidden_dim
@@ -65,9 +78,20 @@ class RNNLM(LanguageModel):
         h = torch.zeros(self.num_layers, batch_size, self.hidden_dim, device=self.device)
         return (h, h.clone()) if self.cell == "lstm" else h
 
-    def forward(self, inputs: torch.Tensor, state=None):
+    def features(self, inputs: torch.Tensor, state=None):
+        """inputs [B, T] -> (h [B, T, H], the output layer's input, after dropout; new state)."""
         if state is None:
             state = self.init_state(inputs.size(0))
         e = self.drop(self.embedding(inputs))  # [B, T, M]
         h, state = self.rnn(e, state)  # [B, T, H]; state: the last step's hidden state
-        return self.output(self.drop(h)), state  # logits [B, T, V]
+        return self.drop(h), state
+
+    def forward(self, inputs: torch.Tensor, state=None):
+        h, state = self.features(inputs, state)
+        return self.output(h), state  # [B, T, V]: logits (full) or log-probs (adaptive)
+
+    def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, state=None):
+        """The output layer scores only the T target positions, and the adaptive softmax never
+        materialises [B, T, V]."""
+        h, state = self.features(inputs, state)
+        return self.output.nll(h[:, h.size(1) - targets.size(1) :], targets), state  # [B, T]

@@ -1,0 +1,123 @@
+"""Real DDP (two CPU processes, gloo) through the command line, as a user runs it.
+
+One process with batch 2b and two with batch b each must be the same training, step by step,
+for the window layout (NNLM) and the column layout (RNNLM); evaluating a checkpoint on two
+processes must give one process's perplexity and token count; and ``-m`` sweeps of DDP jobs must
+run each job once, in its own directory (Lightning's launcher re-runs the command line).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from lm_experiments.train import train
+from tests.conftest import FAST, compose_config, run_cli, toy_overrides
+
+STEPS = 6  # training steps compared
+TRAIN = [
+    "logger=csv",
+    "trainer.log_every_n_steps=1",
+    f"trainer.limit_train_batches={STEPS}",
+    "trainer.max_epochs=1",
+    "dataset.batch_size=8",  # global: 8 on one process, 4 on each of two
+    "dataset.eval_batch_size=6",
+    "model.hidden_dim=24",
+]
+DDP = ["trainer=ddp_cpu", "trainer.devices=2"]
+MODELS = ["nnlm", "rnnlm"]
+
+
+def step_losses(run_dir: Path) -> list[float]:
+    """train/loss of every step, from the CSV logger (rank 0's log)."""
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    return [float(r["train/loss"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+
+
+@pytest.fixture(scope="module")
+def ddp_sweep(tmp_path_factory, toy_corpus):
+    """One ``-m`` sweep of two DDP training jobs (nnlm, rnnlm), each on two processes."""
+    root = tmp_path_factory.mktemp("ddp_sweep")
+    result = run_cli(
+        [
+            "-m",
+            f"model={','.join(MODELS)}",
+            *toy_overrides(toy_corpus),
+            *FAST,
+            *TRAIN,
+            *DDP,
+            f"hydra.sweep.dir={root}/sweep",
+            f"paths.cache_dir={root}/cache",
+        ],
+        cwd=root,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return root, result
+
+
+def test_sweep_of_ddp_jobs_runs_each_job_once_in_its_own_directory(ddp_sweep):
+    root, _ = ddp_sweep
+    jobs = sorted(p for p in (root / "sweep").iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]  # a child re-running the sweep would add more
+    for job, model in zip(jobs, MODELS, strict=True):
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["model"] == model
+        assert (job / ".hydra" / "overrides.yaml").is_file()  # written by rank 0 only
+        assert len(step_losses(job)) == STEPS
+    assert not (root / "logs").exists()  # no child wrote into a default run directory
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_two_processes_of_batch_b_train_as_one_of_batch_2b(
+    ddp_sweep, model, tmp_path, cache_dir, toy_corpus
+):
+    root, _ = ddp_sweep
+    job = root / "sweep" / str(MODELS.index(model))
+    cfg = compose_config(
+        [f"model={model}", *toy_overrides(toy_corpus), *FAST, *TRAIN], tmp_path, cache_dir
+    )
+    one = train(cfg)
+    expected, got = step_losses(tmp_path), step_losses(job)
+    assert len(expected) == len(got) == STEPS
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert expected[-1] < expected[0] - 0.05  # the steps changed the weights (so did the same)
+    two = json.loads((job / "metrics.json").read_text())
+    assert two["train/tokens"] == one["train/tokens"]  # every step scored the same tokens
+    assert two["val/ppl"] == pytest.approx(one["val/ppl"], rel=1e-5)
+
+
+def test_evaluating_a_checkpoint_on_two_processes_equals_one(
+    ddp_sweep, tmp_path, cache_dir, toy_corpus
+):
+    root, _ = ddp_sweep
+    ckpt = root / "sweep" / str(MODELS.index("rnnlm")) / "checkpoints" / "last.ckpt"
+    evaluate = [
+        "model=rnnlm",
+        *toy_overrides(toy_corpus),
+        *FAST,
+        "model.hidden_dim=24",
+        "train=false",
+        f"ckpt_path={ckpt}",
+        "dataset.eval_batch_size=6",  # 3 columns on each of the two processes
+    ]
+    one = train(compose_config(evaluate, tmp_path / "one", cache_dir))
+    result = run_cli(
+        [*evaluate, *DDP, f"hydra.run.dir={tmp_path}/two", f"paths.cache_dir={cache_dir}"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for stage in ("val", "test"):
+        assert two[f"{stage}/tokens"] == one[f"{stage}/tokens"]
+        assert two[f"{stage}/ppl"] == pytest.approx(one[f"{stage}/ppl"], rel=1e-6)
+    n_test = sum(
+        len(line.split()) + 1
+        for line in toy_corpus["test"].read_text().splitlines()
+        if line.strip()
+    )
+    assert two["test/tokens"] == n_test  # the ranks' columns cover the split exactly once
+    assert result.stdout.count("test perplexity:") == 1  # rank 0 reports, rank 1 is silent

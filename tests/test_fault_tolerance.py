@@ -1,0 +1,205 @@
+"""A run stopped by SIGTERM or Ctrl-C leaves a resumable checkpoint, and resuming it reaches
+exactly the metrics of an uninterrupted run; a diverging run stops with one readable line and
+keeps its last good checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lm_experiments.checkpoints import read_checkpoint
+from lm_experiments.errors import UserError
+from lm_experiments.resilience import RunInterrupted
+from lm_experiments.train import train
+from tests.conftest import FAST, compose_config, run_cli, toy_overrides
+
+EPOCHS = 3
+#: a model that carries a tuple state (LSTM), draws dropout masks, and whose plateau scheduler
+#: halves the learning rate after every epoch (threshold 0.5): everything a resume must restore
+RUN = [
+    "dataset.batch_size=4",
+    "dataset.bptt=10",  # 116 training batches per epoch of the toy corpus
+    "model.cell=lstm",
+    "model.hidden_dim=32",
+    "model.dropout=0.3",
+    "model.scheduler.threshold=0.5",
+    f"trainer.max_epochs={EPOCHS}",
+]
+COMPARED = ("val/ppl", "val/ppl_best", "train/ppl", "train/tokens", "test/ppl", "test/tokens")
+
+
+class SignalAt(L.Callback):
+    """Sends this process ``signum`` at the end of the training steps listed (a user's Ctrl-C)."""
+
+    def __init__(self, steps: list[int], signum: str = "SIGINT"):
+        self.steps, self.signum = list(steps), signal.Signals[signum]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step in self.steps:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, toy_corpus, cache_dir):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    metrics = train(compose_config([*toy_overrides(toy_corpus), *FAST, *RUN], run_dir, cache_dir))
+    lr = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"]
+    assert lr[0]["param_groups"][0]["lr"] < 1.0  # the scheduler did act during the run
+    return metrics
+
+
+def assert_same_run(resumed: dict, uninterrupted: dict) -> None:
+    assert resumed["epochs"] == uninterrupted["epochs"] == EPOCHS
+    for key in COMPARED:
+        assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-6), key
+
+
+def csv_steps(run_dir: Path) -> int:
+    try:
+        with open(run_dir / "csv" / "metrics.csv") as f:
+            return max(
+                (int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")), default=0
+            )
+    except (OSError, ValueError, KeyError):  # not written yet, or a row being written
+        return 0
+
+
+def test_sigterm_mid_epoch_saves_a_checkpoint_that_resumes_exactly(
+    tmp_path, toy_corpus, cache_dir, uninterrupted
+):
+    run_dir = tmp_path / "killed"
+    args = [
+        *toy_overrides(toy_corpus),
+        *FAST,
+        *RUN,
+        "logger=csv",
+        "trainer.log_every_n_steps=1",
+        "+logger.csv.flush_logs_every_n_steps=1",
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={cache_dir}",
+    ]
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lm_experiments", *args],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + 180
+        while csv_steps(run_dir) < 130 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until it is well into the second epoch
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=120)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert returncode == 128 + signal.SIGTERM, err[-3000:]
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert "interrupted: stopped by SIGTERM after batch" in err
+    assert f"resumable checkpoint: {ckpt}" in err
+    assert not (run_dir / "metrics.json").exists()
+
+    checkpoint = read_checkpoint(str(ckpt))
+    position = checkpoint["LMDataModule"]["train_position"]
+    assert 0 < position["batches"] < 116  # inside an epoch: the hard case
+    assert checkpoint["global_step"] == 116 * position["epoch"] + position["batches"]
+    resumed = train(
+        compose_config(
+            [*toy_overrides(toy_corpus), *FAST, *RUN, f"ckpt_path={ckpt}"],
+            tmp_path / "resumed",
+            cache_dir,
+        )
+    )
+    assert_same_run(resumed, uninterrupted)
+
+
+def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_next_and_resumes_exactly(
+    tmp_path, toy_corpus, cache_dir, uninterrupted
+):
+    interrupt = [
+        "+callbacks.interrupt._target_=tests.test_fault_tolerance.SignalAt",
+        "+callbacks.interrupt.steps=[115]",  # during epoch 0's last batch (the 116th)
+    ]
+    first = compose_config(
+        [*toy_overrides(toy_corpus), *FAST, *RUN, *interrupt], tmp_path / "a", cache_dir
+    )
+    with pytest.raises(RunInterrupted) as stopped:
+        train(first)
+    assert stopped.value.exit_code == 130
+    checkpoint = read_checkpoint(stopped.value.ckpt_path)
+    # epoch 0 finished (validation, LR step) and the run stopped after epoch 1's first batch
+    assert checkpoint["LMDataModule"]["train_position"] == {"epoch": 1, "batches": 1}
+    resumed = train(
+        compose_config(
+            [*toy_overrides(toy_corpus), *FAST, *RUN, f"ckpt_path={stopped.value.ckpt_path}"],
+            tmp_path / "b",
+            cache_dir,
+        )
+    )
+    assert_same_run(resumed, uninterrupted)
+
+
+def test_second_ctrl_c_aborts_without_a_checkpoint(tmp_path, toy_corpus, cache_dir):
+    twice = [
+        "+callbacks.interrupt._target_=tests.test_fault_tolerance.SignalAt",
+        "+callbacks.interrupt.steps=[5,6]",
+    ]
+    cfg = compose_config([*toy_overrides(toy_corpus), *FAST, *RUN, *twice], tmp_path, cache_dir)
+    with pytest.raises(SystemExit):  # Lightning's KeyboardInterrupt handling exits
+        train(cfg)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+def test_divergence_exits_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, toy_corpus):
+    explode_after_epoch_1 = [  # the learning rate becomes 1e38 when epoch 1 ends
+        "model.scheduler._target_=torch.optim.lr_scheduler.StepLR",
+        "~model.scheduler.mode",
+        "~model.scheduler.factor",
+        "~model.scheduler.patience",
+        "~model.scheduler.threshold",
+        "+model.scheduler.step_size=1",
+        "+model.scheduler.gamma=1e38",
+    ]
+    result = run_cli(
+        [
+            *toy_overrides(toy_corpus),
+            *FAST,
+            *explode_after_epoch_1,
+            "trainer.max_epochs=3",
+            f"hydra.run.dir={tmp_path}/run",
+            f"paths.cache_dir={tmp_path}/cache",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "training diverged" in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    last = read_checkpoint(str(checkpoints / "last.ckpt"))
+    assert last["epoch"] == 0  # written at the end of epoch 1, before the divergence
+    assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_truncated_checkpoint_is_refused_with_one_line(
+    tmp_path, toy_corpus, cache_dir, uninterrupted
+):
+    good = Path(uninterrupted["best_checkpoint"]).read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good[: len(good) // 2])  # what a kill during a plain write leaves
+    cfg = compose_config(
+        [*toy_overrides(toy_corpus), *FAST, *RUN, f"ckpt_path={truncated}"], tmp_path, cache_dir
+    )
+    with pytest.raises(UserError, match="is not a readable checkpoint"):
+        train(cfg)
