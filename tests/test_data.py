@@ -138,6 +138,8 @@ def test_single_file_is_cut_into_contiguous_splits(tmp_path, cache_dir):
     )
     assert [len(dm.corpus[s]) for s in ("train", "validation", "test")] == [32, 4, 4]
     assert dm.corpus["test"]["text"][0] == "line 36"
+    # the id stream follows the selected rows (select() keeps an indices mapping over the file)
+    assert dm.vocab.decode(dm.streams["test"][:3].tolist()) == ["line", "36", "<eos>"]
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -35,6 +35,13 @@ def char_tokens(line: str) -> list[str]:
 TOKENIZERS = {"word": word_tokens, "char": char_tokens}
 
 
+def flat_column(split, column: str, dtype) -> np.ndarray:
+    """All values of a list column, concatenated, straight from the Arrow buffers (no Python
+    loop over rows: WikiText-103 has 1.8M of them)."""
+    values = split.with_format("arrow")[column].combine_chunks().flatten()
+    return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
 def _tokenize(batch: dict, tokenizer) -> dict:
     return {"tokens": [tokenizer(line) for line in batch["text"]]}
 
@@ -119,10 +126,7 @@ class LMDataModule(L.LightningDataModule):
             remove_columns=["tokens"],
             desc="encode",
         )
-        return {
-            split: np.concatenate(encoded[split].with_format("numpy")["ids"]).astype(np.int64)
-            for split in SPLITS
-        }
+        return {split: flat_column(encoded[split], "ids", np.int64) for split in SPLITS}
 
     @cached_property
     def oracle_ppl(self) -> dict[str, float]:
@@ -131,7 +135,7 @@ class LMDataModule(L.LightningDataModule):
             return {}
         out = {}
         for stage, split in STAGE_SPLIT.items():
-            nll = np.concatenate(self.corpus[split].with_format("numpy")["oracle_nll"])
+            nll = flat_column(self.corpus[split], "oracle_nll", np.float64)
             if len(nll) != len(self.streams[split]):
                 raise RuntimeError(
                     f"oracle scores {len(nll)} tokens, models {len(self.streams[split])}"
