@@ -37,6 +37,8 @@ def main(cfg: DictConfig) -> float:
             metrics = train(cfg)
     except UserError as err:
         log.error("%s", err)
+        if is_ddp_child():  # every rank meets the same error; rank 0 reports it. A child's
+            sys.exit(0)  # non-zero exit would make Lightning's launcher kill rank 0 (the sweep)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep records this run as failed and goes on with the others
         if rank_zero:
@@ -46,8 +48,7 @@ def main(cfg: DictConfig) -> float:
         log.warning("%s", stop)
         if rank_zero:
             print(f"interrupted: {stop}", file=sys.stderr)
-        # Lightning's launcher kills rank 0 when a child exits non-zero: children exit 0
-        sys.exit(0 if is_ddp_child() else stop.exit_code)
+        sys.exit(0 if is_ddp_child() else stop.exit_code)  # (children: as above)
     if "test/ppl" in metrics and rank_zero:
         print(f"test perplexity: {metrics['test/ppl']:.3f} ({metrics['test/tokens']} tokens)")
     return objective(metrics)

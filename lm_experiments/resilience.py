@@ -17,7 +17,11 @@ Stopping and resuming (``CheckpointOnSignal``)
     * the random number generators are saved and restored before the first resumed batch
       (dropout masks), per rank;
     * Lightning skips ReduceLROnPlateau at the end of a resumed epoch (it assumes the epoch's
-      validation metric is missing); after a mid-epoch resume it is not, so the step is kept.
+      validation metric is missing); after a mid-epoch resume it is not, so the step is kept;
+    * an end-of-epoch checkpoint (ModelCheckpoint's last.ckpt, written when validation ends)
+      predates that epoch's ReduceLROnPlateau step, which Lightning never takes on resume: the
+      checkpoint keeps the value the step reads, and the resumed run takes it first. So
+      resuming last.ckpt after a crash, or to train a finished run longer, is exact too.
 
     A second Ctrl-C aborts at once, without a checkpoint. Under DDP every rank stops after the
     same batch: the ranks agree on it with one all-reduce per batch (the signal may reach only
@@ -39,7 +43,10 @@ DDP under Hydra (``ddp_job_argv``, ``rerun_as_ddp_child``, ``isolated_ddp_job``)
     externally and hangs. Here rank 0 hands its children the exact command line of its job (its
     overrides, its run directory, ``hydra.mode=RUN``) through the environment, the child swaps it
     in before Hydra parses anything, and each job ends by destroying its process group and
-    restoring the environment.
+    restoring the environment. A child exits 0 after an error or a signal that every rank met
+    (rank 0 reports it): a non-zero child makes Lightning's launcher kill rank 0, the sweep.
+    Use the basic launcher (jobs one after another) or submitit (SLURM starts the ranks; none
+    of this applies) for DDP sweeps; joblib's worker processes are not Hydra apps.
 """
 
 from __future__ import annotations
@@ -184,6 +191,7 @@ class CheckpointOnSignal(L.Callback):
         self._stopping = False
         self._handlers: dict = {}
         self._rng_to_restore: dict | None = None
+        self._resumed: dict | None = None  # the state of the checkpoint this fit resumes
         self._resumed_mid_epoch = False
         self.interrupted: RunInterrupted | None = None
 
@@ -199,7 +207,7 @@ class CheckpointOnSignal(L.Callback):
             flush=True,
         )
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def _install_handlers(self) -> None:
         self._received, self._stopping, self.interrupted = None, False, None
         for signum in self.signals:  # after Lightning registered its own (Trainer._run)
             self._handlers[signum] = signal.getsignal(signum)
@@ -222,15 +230,15 @@ class CheckpointOnSignal(L.Callback):
             self._rng_to_restore = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        stop = self._received is not None
+        signum = self._received or 0
         if trainer.world_size > 1:  # the signal may have reached one rank only: agree on a batch
-            flag = torch.tensor(float(stop), device=trainer.strategy.root_device)
-            dist.all_reduce(flag)  # any rank
-            stop = bool(flag > 0)
+            received = torch.tensor(float(signum), device=trainer.strategy.root_device)
+            dist.all_reduce(received, op=dist.ReduceOp.MAX)  # any rank's signal
+            signum = int(received.item())
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
-        if not stop or (last_of_epoch and trainer.num_training_batches > 1):
+        if not signum or (last_of_epoch and trainer.num_training_batches > 1):
             return
-        self._stopping = True
+        self._stopping, self._received = True, signum
         # Lightning's own stop: SIGTERMException once this batch (and a validation due after it)
         # is done, on every rank; ``on_exception`` below writes the checkpoint
         trainer._signal_connector.received_sigterm = True
@@ -240,7 +248,9 @@ class CheckpointOnSignal(L.Callback):
             return  # an error (a diverged loss, a crash) or a second Ctrl-C: keep the last good one
         position = training_position(trainer)
         partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial, weights_only=False)  # every rank (collectives inside); rank 0 writes
+        trainer.save_checkpoint(
+            partial, weights_only=False
+        )  # every rank (collectives inside); rank 0 writes
         if trainer.is_global_zero:
             os.replace(partial, self.path)  # never a half-written last.ckpt
         trainer.strategy.barrier("CheckpointOnSignal")
@@ -249,21 +259,50 @@ class CheckpointOnSignal(L.Callback):
     # what an exact resume needs beyond the weights, in every checkpoint
     def state_dict(self) -> dict:
         trainer = getattr(self, "_trainer", None)
+        metrics = trainer.callback_metrics if trainer is not None else {}
+        monitored = {  # what each plateau scheduler's next step will read
+            config.monitor: float(metrics[config.monitor])
+            for config in (trainer.lr_scheduler_configs if trainer is not None else [])
+            if config.reduce_on_plateau and config.monitor in metrics
+        }
         return {
             "rng": gather_per_rank(rng_state(), trainer),
             "position": training_position(trainer),
+            "plateau_metrics": monitored,
         }
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer  # state_dict() gets no trainer argument
 
     def load_state_dict(self, state: dict) -> None:
-        rngs, trainer = state.get("rng") or [], getattr(self, "_trainer", None)
-        rank = trainer.global_rank if trainer is not None else 0
-        if trainer is not None and trainer.state.fn == TrainerFn.FITTING and rngs:
-            self._rng_to_restore = rngs[rank] if len(rngs) == trainer.world_size else None
-        position = state.get("position") or {}
-        self._resumed_mid_epoch = position.get("batches", 0) > 0
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        rngs = state.get("rng") or []
+        if len(rngs) == trainer.world_size:
+            self._rng_to_restore = rngs[trainer.global_rank]
+        self._resumed = state
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._install_handlers()
+        resumed, self._resumed = self._resumed, None
+        position = (resumed or {}).get("position")
+        if not position:
+            return
+        self._resumed_mid_epoch = position["batches"] > 0
+        # An end-of-epoch checkpoint (ModelCheckpoint's, written when validation ends) predates
+        # that epoch's ReduceLROnPlateau step, and Lightning resumes at the next epoch without
+        # taking it: take it now, with the value it would have read.
+        for config in trainer.lr_scheduler_configs:
+            value = resumed.get("plateau_metrics", {}).get(config.monitor)
+            pending = config.scheduler.last_epoch < position["epoch"]  # one step per epoch done
+            if (
+                config.reduce_on_plateau
+                and config.interval == "epoch"
+                and pending
+                and value is not None
+            ):
+                config.scheduler.step(value)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._resumed_mid_epoch:
@@ -321,15 +360,17 @@ def ddp_job_argv(argv: list[str] | None = None) -> list[str]:
 
 
 def is_ddp_child() -> bool:
-    """A rank > 0 process that Lightning's launcher started from one of our jobs."""
-    return DDP_JOB in os.environ and os.environ.get("LOCAL_RANK", "0") != "0"
+    """A rank > 0 process that Lightning's launcher started from one of our jobs (not a process
+    that torchrun or SLURM started: those set no job of another process)."""
+    parent = json.loads(os.environ.get(DDP_JOB, "{}")).get("parent", os.getpid())
+    return parent != os.getpid() and os.environ.get("LOCAL_RANK", "0") != "0"
 
 
 def rerun_as_ddp_child() -> None:
     """In a rank > 0 process started by Lightning, run rank 0's job instead of the command line
     Lightning built (call before Hydra parses ``sys.argv``)."""
     if is_ddp_child():
-        sys.argv[1:] = json.loads(os.environ[DDP_JOB])
+        sys.argv[1:] = json.loads(os.environ[DDP_JOB])["argv"]
 
 
 _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", DDP_JOB)
@@ -342,7 +383,7 @@ def isolated_ddp_job(child_argv: list[str] | None = None):
     saved = {key: os.environ.get(key) for key in _DDP_ENV}
     owns_group = not (dist.is_available() and dist.is_initialized())
     if child_argv is not None and not is_ddp_child():
-        os.environ[DDP_JOB] = json.dumps(child_argv)
+        os.environ[DDP_JOB] = json.dumps({"argv": child_argv, "parent": os.getpid()})
     try:
         yield
     finally:

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -22,12 +21,6 @@ from lm_experiments.resilience import interruption
 from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-# Subnormal floats (below 1.2e-38, e.g. gradients vanishing through many tanh steps) cost an x86
-# CPU a microcode assist each: an RNNLM step on PTB took 2.2 s instead of 0.2 s. Flushing them to
-# zero changes no result measurably. It must happen before torch starts its thread pool (threads
-# inherit the setting when they are created), hence here, when the framework is imported.
-torch.set_flush_denormal(True)
 
 
 def _model_name(cfg: DictConfig, model) -> str:

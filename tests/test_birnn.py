@@ -95,12 +95,15 @@ def test_encode_gives_each_direction_its_own_side_of_every_position():
 
 def test_training_loss_is_the_mean_of_both_directions_and_trains_both():
     lm = model().train()  # dropout 0: deterministic
-    lm._stage = "train"
     x = torch.randint(0, V, (3, 9))
     inputs, targets = x[:, :-1], x[:, 1:]
-    nll, _ = lm.token_nll(inputs, targets, lm.init_state(3))
     forward, _ = lm.forward_nll(inputs, targets, lm.init_state(3))
-    assert torch.allclose(nll, (forward + lm.backward_nll(inputs, targets)) / 2, atol=1e-6)
+    expected = (forward + lm.backward_nll(inputs, targets)) / 2
+    direct, _ = lm.token_nll(inputs, targets, lm.init_state(3))  # outside a Trainer's step
+    assert torch.allclose(direct, expected, atol=1e-6)
+    lm._stage = "train"  # as training_step sets it
+    nll, _ = lm.token_nll(inputs, targets, lm.init_state(3))
+    assert torch.allclose(nll, expected, atol=1e-6)
     nll.mean().backward()
     for rnn in (lm.rnn, lm.rnn_backward):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rnn.parameters())

@@ -147,6 +147,57 @@ def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_next_and_resumes_exactly
     assert_same_run(resumed, uninterrupted)
 
 
+def test_shuffled_windows_resume_mid_epoch_exactly(tmp_path, toy_corpus, cache_dir):
+    """The NNLM's training windows come from a per-epoch shuffle (DistributedSampler): the resumed
+    epoch must continue that epoch's order at the saved batch."""
+    nnlm = [
+        "model=nnlm",
+        *toy_overrides(toy_corpus),
+        *FAST,
+        "dataset.batch_size=64",  # 72 batches of windows per epoch
+        "model.hidden_dim=32",
+        "model.dropout=0.3",
+        "model.scheduler.threshold=0.5",
+        f"trainer.max_epochs={EPOCHS}",
+    ]
+    reference = train(compose_config(nnlm, tmp_path / "uninterrupted", cache_dir))
+    stop = [
+        "+callbacks.interrupt._target_=tests.test_fault_tolerance.SignalAt",
+        "+callbacks.interrupt.steps=[100]",
+        "+callbacks.interrupt.signum=SIGTERM",
+    ]
+    with pytest.raises(RunInterrupted) as stopped:
+        train(compose_config([*nnlm, *stop], tmp_path / "a", cache_dir))
+    checkpoint = read_checkpoint(stopped.value.ckpt_path)
+    assert checkpoint["LMDataModule"]["train_position"] == {"epoch": 1, "batches": 29}
+    resumed = train(
+        compose_config([*nnlm, f"ckpt_path={stopped.value.ckpt_path}"], tmp_path / "b", cache_dir)
+    )
+    assert_same_run(resumed, reference)
+
+
+def test_resuming_an_end_of_epoch_last_ckpt_continues_exactly(
+    tmp_path, toy_corpus, cache_dir, uninterrupted
+):
+    """A run that ended (or crashed) after epoch 1, continued from ModelCheckpoint's last.ckpt,
+    written when validation ended and so before that epoch's ReduceLROnPlateau step."""
+    shorter = [*toy_overrides(toy_corpus), *FAST, *RUN, "trainer.max_epochs=1"]
+    train(compose_config(shorter, tmp_path / "a", cache_dir))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(str(last))["LMDataModule"]["train_position"] == {
+        "epoch": 1,
+        "batches": 0,
+    }
+    resumed = train(
+        compose_config(
+            [*toy_overrides(toy_corpus), *FAST, *RUN, f"ckpt_path={last}"],
+            tmp_path / "b",
+            cache_dir,
+        )
+    )
+    assert_same_run(resumed, uninterrupted)
+
+
 def test_second_ctrl_c_aborts_without_a_checkpoint(tmp_path, toy_corpus, cache_dir):
     twice = [
         "+callbacks.interrupt._target_=tests.test_fault_tolerance.SignalAt",

@@ -312,42 +312,42 @@ VERBS = [
     ("jumps", "jump", "animal", "intr", (), 1.0),
     ("swims", "swim", "animal", "intr", (), 1.0),
     ("eats", "eat", "animal", "obj", ("food",), 2.0),
-    ("chases", "chase", "animal", "obj", ("animal", "person", "machine"), 2.0),
-    ("bites", "bite", "animal", "obj", ("animal", "person"), 1.5),
-    ("smells", "smell", "animal", "obj", ("food", "thing"), 1.5),
+    ("chases", "chase", "animal", "obj", ("animal",), 2.0),
+    ("bites", "bite", "animal", "obj", ("person",), 1.5),
+    ("smells", "smell", "animal", "obj", ("thing",), 1.5),
     ("sits", "sit", "animal", "loc", (), 1.5),
     ("hides", "hide", "animal", "loc", (), 1.5),
     ("sings", "sing", "person", "intr", (), 1.0),
     ("laughs", "laugh", "person", "intr", (), 1.0),
     ("dances", "dance", "person", "intr", (), 1.0),
     ("cooks", "cook", "person", "obj", ("food",), 1.5),
-    ("buys", "buy", "person", "obj", ("food", "thing", "machine"), 1.5),
+    ("buys", "buy", "person", "obj", ("thing",), 1.5),
     ("reads", "read", "person", "obj", ("thing",), 1.0),
-    ("feeds", "feed", "person", "obj", ("animal", "person"), 1.5),
-    ("helps", "help", "person", "obj", ("person", "animal"), 1.5),
-    ("visits", "visit", "person", "obj", ("person", "place"), 1.5),
+    ("feeds", "feed", "person", "obj", ("animal",), 1.5),
+    ("helps", "help", "person", "obj", ("person",), 1.5),
+    ("visits", "visit", "person", "obj", ("place",), 1.5),
     ("drives", "drive", "person", "obj", ("machine",), 1.5),
-    ("paints", "paint", "person", "obj", ("thing", "machine", "place"), 1.0),
     ("lives", "live", "person", "loc", (), 1.5),
     ("waits", "wait", "person", "loc", (), 1.0),
     ("stops", "stop", "machine", "intr", (), 1.0),
     ("moves", "move", "machine", "intr", (), 1.0),
     ("crashes", "crash", "machine", "intr", (), 1.0),
-    ("carries", "carry", "machine", "obj", ("thing", "food", "person", "animal"), 2.0),
-    ("pulls", "pull", "machine", "obj", ("thing", "machine"), 1.5),
-    ("hits", "hit", "machine", "obj", ("animal", "thing", "machine"), 1.5),
-    ("passes", "pass", "machine", "obj", ("machine", "person", "place"), 1.5),
+    ("carries", "carry", "machine", "obj", ("thing",), 2.0),
+    ("pulls", "pull", "machine", "obj", ("machine",), 1.5),
+    ("hits", "hit", "machine", "obj", ("animal",), 1.5),
+    ("passes", "pass", "machine", "obj", ("person",), 1.5),
     ("stands", "stand", "machine", "loc", (), 1.5),
 ]
 COPULA_WEIGHT = 3.0  # weight of "is"/"are" + predicate beside an agent's verbs
 PREPOSITIONS = ("on", "in", "near", "under", "behind")  # of places, after nouns and "loc" verbs
 
-# Post-nominal modifiers: (none, prepositional phrase, "with" phrase, relative clause) weights,
-# for the main subject and for other noun phrases. Nouns at depth MAX_DEPTH take none, which
-# bounds the recursion (and makes the state space finite).
-MAX_DEPTH = 2
-MODIFIER_WEIGHTS = {"subject": (0.40, 0.25, 0.07, 0.28), "other": (0.72, 0.14, 0.04, 0.10)}
-P_SUBJECT_GAP = 0.5  # "that chases the dog" vs "that the dog chases"
+# Post-nominal modifiers of a noun: weights of (none, prepositional phrase, "with" phrase,
+# relative clause). The subject of the sentence takes them often, which puts words between it and
+# its verb; other nouns take only short, right-branching phrases ("the cat near the house on the
+# hill"), whose nouns take them in turn. A relative clause is "that" + a verb phrase agreeing with
+# the modified noun ("the cat that chases the dog"); the nouns inside it are "other" nouns, so
+# clauses never nest and the set of machine states stays finite.
+MODIFIER_WEIGHTS = {"subject": (0.35, 0.35, 0.08, 0.22), "other": (0.80, 0.15, 0.05, 0.0)}
 SENTENCE_WEIGHTS = {"decl": 0.6, "yn": 0.22, "what": 0.1, "who": 0.08}
 QUESTION_AUX = {"does": ("sg", 3.0), "do": ("pl", 2.0), "can": ("any", 2.0), "will": ("any", 1.5),
                 "did": ("any", 1.5)}  # fmt: skip
@@ -390,19 +390,19 @@ def _noun_phrase_body(symbol: tuple) -> list[Rule]:
 
     stage 0: right after the determiner; 1: after a size adjective; 2: after a quality one.
     """
-    _, classes, number, cont, depth, stage, _ = symbol
+    _, classes, number, cont, stage, _ = symbol
     class_total = math.fsum(CLASS_WEIGHT[c] for c in classes)
     p_size = P_SIZE_ADJECTIVE if stage == 0 else 0.0
     p_quality = (1 - p_size) * P_QUALITY_ADJECTIVE if stage < 2 else 0.0
     p_noun = 1 - p_size - p_quality
     out = []
     for word in SIZE_ADJECTIVES if p_size else ():
-        rhs = (word, ("NPB", classes, number, cont, depth, 1, ""))
+        rhs = (word, ("NPB", classes, number, cont, 1, ""))
         out.append((p_size / len(SIZE_ADJECTIVES), rhs))
     for c in classes if p_quality else ():
         for word in QUALITY_ADJECTIVES[c]:  # the class is chosen with its prior weight
             p = p_quality * CLASS_WEIGHT[c] / class_total / len(QUALITY_ADJECTIVES[c])
-            out.append((p, (word, ("NPB", (c,), number, cont, depth, 2, ""))))
+            out.append((p, (word, ("NPB", (c,), number, cont, 2, ""))))
     numbers = {"sg": (("sg", 1.0),), "pl": (("pl", 1.0),)}.get(
         number, (("sg", 1 - PLURAL_PROB), ("pl", PLURAL_PROB))
     )
@@ -412,11 +412,9 @@ def _noun_phrase_body(symbol: tuple) -> list[Rule]:
         for num, p_num in numbers:
             for sg, pl in forms:
                 p = p_noun * CLASS_WEIGHT[c] / class_total * p_num / len(forms)
-                after = []
-                if depth < MAX_DEPTH:
-                    after.append(("POST", c, num, depth, role))
+                after = (("POST", c, num, role),)
                 if cont != NONE:
-                    after.append(("K", cont, c, num, depth))
+                    after += (("K", cont, c, num),)
                 out.append((p, (sg if num == "sg" else pl, *after)))
     return out
 
@@ -426,9 +424,9 @@ def _productions(symbol: tuple) -> list[Rule]:
     name, *f = symbol
     if name == "S":  # the first word decides the sentence type (and its final "." or "?")
         aux_total = math.fsum(w for _, w in QUESTION_AUX.values())
-        out = [(SENTENCE_WEIGHTS["decl"], (("NP", CLASSES, "any", ("decl",), 0),))]
+        out = [(SENTENCE_WEIGHTS["decl"], (("NP", CLASSES, "any", ("decl",)),))]
         for aux, (number, w) in QUESTION_AUX.items():
-            subject = ("NP", AGENTS, number, ("yn",), 0)
+            subject = ("NP", AGENTS, number, ("yn",))
             out.append((SENTENCE_WEIGHTS["yn"] * w / aux_total, (aux, subject)))
         out.append((SENTENCE_WEIGHTS["what"], ("what", ("WHAUX", INANIMATE))))
         out.append((SENTENCE_WEIGHTS["who"], ("who", ("WHAUX", ANIMATE))))
@@ -438,18 +436,18 @@ def _productions(symbol: tuple) -> list[Rule]:
         subjects = _gap_subjects(gap)
         return _normalised(
             [
-                (w, (aux, ("NP", subjects, number, ("wh", gap), 0)))
+                (w, (aux, ("NP", subjects, number, ("wh", gap))))
                 for aux, (number, w) in QUESTION_AUX.items()
             ]
         )
     if name == "NP":  # determiner: may fix the number
-        classes, number, cont, depth = f
+        classes, number, cont = f
         out = []
         for det, (det_number, w) in DETERMINERS.items():
             if number != "any" and det_number not in ("any", number):
                 continue
             new_number = number if det_number == "any" else det_number
-            body = ("NPB", classes, new_number, cont, depth, 0, "")
+            body = ("NPB", classes, new_number, cont, 0, "")
             if det != "a":
                 out.append((w, (det, body)))
                 continue
@@ -466,54 +464,40 @@ def _productions(symbol: tuple) -> list[Rule]:
             productions = _normalised([(p, r) for p, r in productions if _onset(r[0]) == onset])
         return productions
     if name == "POST":  # post-nominal modifier of a noun of class c and number n
-        c, n, depth, role = f
+        c, n, role = f
         w_none, w_pp, w_with, w_rc = MODIFIER_WEIGHTS[role]
-        inner = depth + 1
         out = [(w_none, ())]
         for prep in PREPOSITIONS:
-            out.append((w_pp / len(PREPOSITIONS), (prep, ("NP", ("place",), "any", NONE, inner))))
+            out.append((w_pp / len(PREPOSITIONS), (prep, ("NP", ("place",), "any", NONE))))
         if c != "food":
-            out.append((w_with, ("with", ("NP", ("thing",), "any", NONE, inner))))
-        out.append((w_rc, ("that", ("RC", c, n, inner))))
+            out.append((w_with, ("with", ("NP", ("thing",), "any", NONE))))
+        out.append((w_rc, ("that", ("VP", c, n, "fin"))))
         return _normalised(out)
-    if name == "RC":  # after "that": a verb (subject gap) or the clause's own subject (object gap)
-        c, n, depth = f
-        return _normalised(
-            [
-                (P_SUBJECT_GAP, (("VP", c, n, "fin", depth),)),
-                (
-                    1 - P_SUBJECT_GAP,
-                    (("NP", _gap_subjects((c,)), "any", ("gap", (c,)), depth),),
-                ),
-            ]
-        )
     if name == "K":  # the rest of the clause, which needs its subject's class and number
-        cont, c, n, depth = f
+        cont, c, n = f
         kind = cont[0]
         if kind == "decl":
-            return [(1.0, (("VP", c, n, "fin", depth), "."))]
+            return [(1.0, (("VP", c, n, "fin"), "."))]
         if kind == "yn":
-            return [(1.0, (("VP", c, n, "bare", depth), "?"))]
+            return [(1.0, (("VP", c, n, "bare"), "?"))]
         if kind == "wh":
             return [(1.0, (("VGAP", c, n, "bare", cont[1]), "?"))]
-        if kind == "gap":
-            return [(1.0, (("VGAP", c, n, "fin", cont[1]),))]
         raise ValueError(f"unknown continuation {cont!r}")
     if name == "VP":
-        c, n, form, depth = f
+        c, n, form = f
         out = []
         for sg, bare, _, frame, objects, w in _verbs(c):
             word = sg if (form == "fin" and n == "sg") else bare
             if frame == "intr":
                 out.append((w, (word,)))
             elif frame == "obj":
-                out.append((w, (word, ("NP", objects, "any", NONE, depth))))
+                out.append((w, (word, ("NP", objects, "any", NONE))))
             else:
-                out.append((w, (word, ("PREP",), ("NP", ("place",), "any", NONE, depth))))
+                out.append((w, (word, ("PREP",), ("NP", ("place",), "any", NONE))))
         if form == "fin":  # questions are built with an auxiliary, which "is" cannot follow
             out.append((COPULA_WEIGHT, ("is" if n == "sg" else "are", ("PRED", c))))
         return _normalised(out)
-    if name == "VGAP":  # a verb whose object is the gap (the wh-word or the relativised noun)
+    if name == "VGAP":  # a verb whose object is the gap left by the wh-word
         c, n, form, gap = f
         out = []
         for sg, bare, _, frame, _, w in _gap_verbs(c, gap):

@@ -227,8 +227,11 @@ class LanguageModel(L.LightningModule):
             # its own columns), so that a resume continues exactly (resilience.py)
             carried = {
                 "state": self._state.get("train"),
-                "nll_sum": self.train_ppl.nll_sum,
-                "tokens": self.train_ppl.tokens,
+                "sums": {  # the epoch's sums so far (every CorpusPerplexity, e.g. per direction)
+                    name: (metric.nll_sum, metric.tokens)
+                    for name, metric in self.named_modules()
+                    if isinstance(metric, CorpusPerplexity)
+                },
                 "train_seconds": self._train_seconds,
             }
             checkpoint["carried"] = {
@@ -258,8 +261,12 @@ class LanguageModel(L.LightningModule):
         self._state["train"] = tree_map(
             lambda x: x.to(self.device) if isinstance(x, torch.Tensor) else x, mine["state"]
         )
-        self.train_ppl.nll_sum = mine["nll_sum"].to(self.device)
-        self.train_ppl.tokens = mine["tokens"].to(self.device)
+        metrics = dict(self.named_modules())
+        for name, (nll_sum, tokens) in mine["sums"].items():
+            metrics[name].nll_sum, metrics[name].tokens = (
+                nll_sum.to(self.device),
+                tokens.to(self.device),
+            )
         self._train_seconds = mine["train_seconds"]
 
     # --- generation: feed each sampled token back in ----------------------------------------------

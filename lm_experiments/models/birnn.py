@@ -25,7 +25,8 @@ sentences are independent), so the oracle perplexity bounds both.
 
 Reported: ``ppl_forward`` (comparable with every other family), ``ppl_backward`` and ``ppl`` =
 exp(mean of the two NLLs), each a corpus-level exp(sum NLL / tokens) with float64 sums; the base's
-metric holds sum (NLL→ + NLL←) / 2 with the usual token count.
+metric holds sum (NLL→ + NLL←) / 2 with the usual token count, so ``val/ppl`` (checkpoints, early
+stopping, sweeps) selects on the biLM objective.
 
 Carrying state across batches. The stream arrives in [B, bptt] chunks in reading order, but the
 backward LM's state for a chunk comes from the chunk *after* it, which has not arrived yet:
@@ -36,7 +37,10 @@ truncated BPTT read backwards means the state flows from the end of a column tow
   each whole column from its last token back to its first, carrying its state across chunks of
   ``eval_chunk`` steps. So the backward NLL of a column is that of one pass over it, whatever
   ``bptt`` is, and its start state sits at the column's end, a sentence end, as the forward LM's
-  sits at the column's start, a sentence start.
+  sits at the column's start, a sentence start. (Why not per batch: a batch's backward state
+  would have to come from batches not yet read. Why not have the loader serve columns in reverse
+  chunk order: the forward LM needs them in reading order, and every family shares one loader;
+  keeping the ids costs 8 bytes a token.)
 * Training cannot wait for the future: within each training batch the backward LM starts from its
   initial state at the batch's right end, so its right context is truncated at the batch boundary
   (as a column start truncates the forward LM's left context). The first token it reads tells it
