@@ -527,3 +527,26 @@ def test_export_cli_writes_the_checkpoint_as_an_arpa_file_kenlm_reads(
     assert 10 ** (-log10_total / tokens) == pytest.approx(metrics["test/ppl"], rel=1e-5)
     assert ours.num_ngrams()[0] == len((tmp_path / "vocab.txt").read_text().split()) + 1
     assert ngram_cli(["export", "ckpt_path=/no/such.ckpt", f"out={out}"]) == 2
+
+
+def test_the_harness_reports_inf_and_the_zero_probability_count_for_mle(
+    tmp_path, cache_dir, toy_corpus
+):
+    cfg = compose_config(
+        [*toy_overrides(toy_corpus), "model=ngram", "model.smoothing=mle", *FAST],
+        tmp_path,
+        cache_dir,
+    )
+    metrics = train(cfg)  # no crash on zero probabilities
+    assert metrics["test/ppl"] == math.inf
+    assert 0 < metrics["test/zero_prob"] < metrics["test/tokens"]
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert (
+        written["test/ppl"] == math.inf and written["test/zero_prob"] == metrics["test/zero_prob"]
+    )
+    smoothed = train(
+        compose_config(
+            [*toy_overrides(toy_corpus), "model=ngram", *FAST], tmp_path / "kn", cache_dir
+        )
+    )
+    assert math.isfinite(smoothed["test/ppl"]) and "test/zero_prob" not in smoothed

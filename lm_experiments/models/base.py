@@ -30,7 +30,10 @@ from lm_experiments.resilience import gather_per_rank, training_position
 
 
 class CorpusPerplexity(Metric):
-    """exp(sum of NLL / number of scored tokens); its sums add up across DDP ranks."""
+    """exp(sum of NLL / number of scored tokens); its sums add up across DDP ranks.
+
+    It also counts the tokens given probability zero (an unsmoothed n-gram's unseen n-grams):
+    their NLL is inf, so is the perplexity, and the count says how many made it so."""
 
     full_state_update = False
 
@@ -38,13 +41,19 @@ class CorpusPerplexity(Metric):
         super().__init__()
         self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("tokens", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("zero_prob", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, nll_sum: torch.Tensor, tokens: torch.Tensor) -> None:
+    def update(self, nll_sum: torch.Tensor, tokens: torch.Tensor, zero_prob=0) -> None:
         self.nll_sum += nll_sum.detach().double()
         self.tokens += tokens.detach().long()
+        self.zero_prob += zero_prob
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {"ppl": torch.exp(self.nll_sum / self.tokens), "tokens": self.tokens.clone()}
+        return {
+            "ppl": torch.exp(self.nll_sum / self.tokens),
+            "tokens": self.tokens.clone(),
+            "zero_prob": self.zero_prob.clone(),
+        }
 
 
 def check_vocabulary(saved: list[str], vocab: Vocabulary | None) -> None:
@@ -117,7 +126,8 @@ class LanguageModel(L.LightningModule):
         mask = targets != IGNORE_INDEX
         nll_sum = nll.float().masked_fill(~mask, 0.0).sum()
         tokens = mask.sum()
-        getattr(self, f"{stage}_ppl").update(nll_sum, tokens)
+        zero_prob = (torch.isinf(nll) & mask).sum()
+        getattr(self, f"{stage}_ppl").update(nll_sum, tokens, zero_prob)
         return nll_sum, tokens
 
     def training_step(self, batch, batch_idx):
@@ -172,6 +182,8 @@ class LanguageModel(L.LightningModule):
         total = metric.compute()  # sums over ranks
         metric.reset()
         out = {"ppl": total["ppl"].item(), "tokens": int(total["tokens"].item())}
+        if total["zero_prob"] > 0:  # only models that can assign zero (an unsmoothed n-gram)
+            out["zero_prob"] = int(total["zero_prob"].item())
         oracle = self.oracle_ppl.get(stage)
         if oracle is not None:
             out.update(oracle_ppl=oracle, ppl_ratio=out["ppl"] / oracle)
