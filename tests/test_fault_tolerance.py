@@ -57,6 +57,15 @@ def uninterrupted(tmp_path_factory, toy_corpus, cache_dir):
     return metrics
 
 
+def run_overrides(toy_corpus) -> list[str]:  # the uninterrupted run's overrides
+    return [*toy_overrides(toy_corpus), *FAST, *RUN]
+
+
+def resume(overrides: list[str], ckpt_path, folder, cache_dir) -> dict:
+    """The same run, continued from ``ckpt_path`` in ``folder``."""
+    return train(compose_config([*overrides, f"ckpt_path={ckpt_path}"], folder, cache_dir))
+
+
 def assert_same_run(resumed: dict, uninterrupted: dict) -> None:
     assert resumed["epochs"] == uninterrupted["epochs"] == EPOCHS
     for key in COMPARED:
@@ -111,13 +120,7 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_that_resumes_exactly(
     position = checkpoint["LMDataModule"]["train_position"]
     assert 0 < position["batches"] < 116  # inside an epoch: the hard case
     assert checkpoint["global_step"] == 116 * position["epoch"] + position["batches"]
-    resumed = train(
-        compose_config(
-            [*toy_overrides(toy_corpus), *FAST, *RUN, f"ckpt_path={ckpt}"],
-            tmp_path / "resumed",
-            cache_dir,
-        )
-    )
+    resumed = resume(run_overrides(toy_corpus), ckpt, tmp_path / "resumed", cache_dir)
     assert_same_run(resumed, uninterrupted)
 
 
@@ -137,13 +140,7 @@ def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_next_and_resumes_exactly
     checkpoint = read_checkpoint(stopped.value.ckpt_path)
     # epoch 0 finished (validation, LR step) and the run stopped after epoch 1's first batch
     assert checkpoint["LMDataModule"]["train_position"] == {"epoch": 1, "batches": 1}
-    resumed = train(
-        compose_config(
-            [*toy_overrides(toy_corpus), *FAST, *RUN, f"ckpt_path={stopped.value.ckpt_path}"],
-            tmp_path / "b",
-            cache_dir,
-        )
-    )
+    resumed = resume(run_overrides(toy_corpus), stopped.value.ckpt_path, tmp_path / "b", cache_dir)
     assert_same_run(resumed, uninterrupted)
 
 
@@ -170,9 +167,7 @@ def test_shuffled_windows_resume_mid_epoch_exactly(tmp_path, toy_corpus, cache_d
         train(compose_config([*nnlm, *stop], tmp_path / "a", cache_dir))
     checkpoint = read_checkpoint(stopped.value.ckpt_path)
     assert checkpoint["LMDataModule"]["train_position"] == {"epoch": 1, "batches": 29}
-    resumed = train(
-        compose_config([*nnlm, f"ckpt_path={stopped.value.ckpt_path}"], tmp_path / "b", cache_dir)
-    )
+    resumed = resume(nnlm, stopped.value.ckpt_path, tmp_path / "b", cache_dir)
     assert_same_run(resumed, reference)
 
 
@@ -188,13 +183,7 @@ def test_resuming_an_end_of_epoch_last_ckpt_continues_exactly(
         "epoch": 1,
         "batches": 0,
     }
-    resumed = train(
-        compose_config(
-            [*toy_overrides(toy_corpus), *FAST, *RUN, f"ckpt_path={last}"],
-            tmp_path / "b",
-            cache_dir,
-        )
-    )
+    resumed = resume(run_overrides(toy_corpus), last, tmp_path / "b", cache_dir)
     assert_same_run(resumed, uninterrupted)
 
 
