@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +43,17 @@ def build(cfg: DictConfig):
     return datamodule, model
 
 
+def _callbacks(cfg: DictConfig) -> list:
+    """The callbacks group, less the progress bar and summary when the trainer turns them off
+    (Lightning refuses the combination; a user asking for no progress bar means it)."""
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not cfg.trainer.get("enable_model_summary", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
+    return callbacks
+
+
 def train(cfg: DictConfig) -> dict:
     """Run the experiment described by ``cfg`` and return its metrics."""
     if cfg.get("seed") is not None:
@@ -58,7 +70,7 @@ def train(cfg: DictConfig) -> dict:
 
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False
+        cfg.trainer, callbacks=_callbacks(cfg), logger=loggers or False
     )
     for logger in loggers:
         logger.log_hyperparams(

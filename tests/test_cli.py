@@ -128,6 +128,26 @@ def test_unknown_model_names_the_choices(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_turning_the_progress_bar_off_drops_the_default_callbacks_bar(
+    tmp_path, cache_dir, toy_corpus
+):
+    """callbacks=default has a RichProgressBar; trainer.enable_progress_bar=false must win (plain
+    Lightning refuses the pair with a MisconfigurationException)."""
+    from lm_experiments.train import train
+    from tests.conftest import compose_config
+
+    overrides = [
+        *toy_overrides(toy_corpus),
+        "callbacks=default",
+        "logger=none",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+    metrics = train(compose_config(overrides, tmp_path, cache_dir))
+    assert metrics["test/tokens"] > 0 and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_cfg_job_prints_the_composed_config(tmp_path):
     result = run_cli(["model=rnnlm", "dataset.bptt=17", "--cfg", "job"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
