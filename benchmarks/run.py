@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke check)")
     args = parser.parse_args(argv)
     chosen = [s for s in sections() if not args.only or any(w in s for w in args.only)]
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     for name in chosen:
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"== {module.TITLE}", flush=True)
@@ -85,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         section = f"## {module.TITLE}\n\n{stamp}\n\n{body.strip()}\n"
         print(section, flush=True)
+        # read just before writing: another section may have been written meanwhile
+        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
         text = replace_section(text, name, section)
         RESULTS.write_text(text)  # after each section: a later failure keeps the earlier ones
     print(f"wrote {RESULTS}", file=sys.stderr)
