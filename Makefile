@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# One intra-op thread unless you say otherwise: the default models are small, and on a busy
+# 2-core machine OpenMP's spinning threads make them many times slower, not faster.
 train: $(STAMP)
-	$(BIN)/python -m lm_experiments model=rnnlm $(ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m lm_experiments model=rnnlm $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
