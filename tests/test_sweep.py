@@ -206,8 +206,13 @@ def test_compare_architectures_sweeps_every_family_on_the_embedded_corpus(tmp_pa
         "nnlm",
         "rnnlm",
         "stacked_rnn",
+        "lstm",
         "birnn",
     ]
+    # every model named in the sweep has a config (a typo would fail only at run time)
+    assert all(
+        (CONF / "model" / f"{m}.yaml").is_file() for m in cfg.hydra.sweeper.params.model.split(",")
+    )
     assert cfg.dataset.name == "synthetic" and cfg.task_name == "compare_architectures"
     assert "csv" in cfg.logger  # the per-epoch curves of comparison.png
     assert (
