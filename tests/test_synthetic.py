@@ -1,5 +1,6 @@
 """The embedded corpus: an exact oracle, deterministic splits, real long-range structure."""
 
+import hashlib
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from lm_experiments.data.synthetic import (
     Grammar,
     build_synthetic_splits,
     default_grammar,
+    english_rules,
     generate_split,
     oracle_perplexity,
     split_seed,
@@ -29,6 +31,11 @@ H_QUARTER = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))  # entropy of one A
 # Per sentence: the x/y choice (ln 2) and E[#A steps] = 4/3 binary choices; p/q and <eos> are sure.
 # Tokens per sentence: x/y + E[#A steps] + p/q + <eos> = 1 + 4/3 + 1 + 1 = 13/3.
 TINY_ENTROPY_PER_TOKEN = (math.log(2) + 4 / 3 * H_QUARTER) / (13 / 3)
+
+
+# Digests of the default grammar's rule table and of the start of its seed-0 train split.
+GRAMMAR_FINGERPRINT = "7944ad6384561612"
+TEXT_DIGEST = "b1e8ec90103ba0bf"
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +150,15 @@ def test_generation_is_deterministic_and_seed_dependent(grammar):
     )
 
 
+def test_default_corpus_is_pinned(grammar):
+    """The default corpus is the same on every machine and Python version (and changes only on
+    purpose: after a deliberate change to the grammar, update these two digests)."""
+    rows = generate_split(grammar, split_seed(0, "train"), 5_000)
+    text = "\n".join(row["text"] for row in rows)
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == TEXT_DIGEST
+    assert grammar.fingerprint() == GRAMMAR_FINGERPRINT
+
+
 def test_default_train_split_contains_every_word(grammar):
     """Closed-vocabulary scoring matches the oracle only if train has every word of the grammar."""
     train = generate_split(grammar, split_seed(0, "train"), 200_000)
@@ -251,3 +267,16 @@ def test_build_synthetic_splits_is_cached(tmp_path, monkeypatch):
     assert other_seed["train"]["text"] != splits["train"]["text"]
     build_synthetic_splits(seed=3, cache_dir=str(tmp_path), **{**sizes, "test_tokens": 600})
     assert len(calls) == 7  # only the resized split is new
+    nlls = [x for row in splits["test"]["oracle_nll"] for x in row]
+    assert oracle_perplexity(splits["test"]) == pytest.approx(
+        math.exp(math.fsum(nlls) / len(nlls)), rel=1e-12
+    )
+
+    # Editing the grammar changes its fingerprint, hence the cache key: no stale corpus is reused.
+    rules = english_rules()
+    rules[("S",)] = [(p, rhs) for p, rhs in reversed(rules[("S",)])]
+    edited = Grammar(rules, start=("S",))
+    assert edited.fingerprint() != default_grammar().fingerprint()
+    monkeypatch.setattr(synthetic, "default_grammar", lambda: edited)
+    build_synthetic_splits(seed=3, cache_dir=str(tmp_path), **sizes)
+    assert len(calls) == 10

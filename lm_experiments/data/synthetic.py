@@ -481,7 +481,7 @@ def _productions(symbol: tuple) -> list[Rule]:
         if kind == "yn":
             return [(1.0, (("VP", c, n, "bare"), "?"))]
         if kind == "wh":
-            return [(1.0, (("VGAP", c, n, "bare", cont[1]), "?"))]
+            return [(1.0, (("VGAP", c, cont[1]), "?"))]
         raise ValueError(f"unknown continuation {cont!r}")
     if name == "VP":
         c, n, form = f
@@ -497,12 +497,11 @@ def _productions(symbol: tuple) -> list[Rule]:
         if form == "fin":  # questions are built with an auxiliary, which "is" cannot follow
             out.append((COPULA_WEIGHT, ("is" if n == "sg" else "are", ("PRED", c))))
         return _normalised(out)
-    if name == "VGAP":  # a verb whose object is the gap left by the wh-word
-        c, n, form, gap = f
+    if name == "VGAP":  # after "what/who + aux + subject": a bare verb whose object is the gap
+        c, gap = f
         out = []
-        for sg, bare, _, frame, _, w in _gap_verbs(c, gap):
-            word = sg if (form == "fin" and n == "sg") else bare
-            out.append((w, (word, ("PREP",)) if frame == "loc" else (word,)))
+        for _, bare, _, frame, _, w in _gap_verbs(c, gap):
+            out.append((w, (bare, ("PREP",)) if frame == "loc" else (bare,)))
         return _normalised(out)
     if name == "PREP":
         return [(1 / len(PREPOSITIONS), (p,)) for p in PREPOSITIONS]
