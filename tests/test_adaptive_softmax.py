@@ -12,6 +12,7 @@ import torch
 from lm_experiments.data import EOS_ID, IGNORE_INDEX
 from lm_experiments.errors import UserError
 from lm_experiments.generate import load_model
+from lm_experiments.models.nnlm import NNLM
 from lm_experiments.models.rnnlm import RNNLM
 from lm_experiments.models.softmax import AdaptiveSoftmax, FullSoftmax, default_cutoffs
 from lm_experiments.train import build, train
@@ -79,12 +80,19 @@ def test_bad_softmax_options_are_one_line_errors(kwargs, message):
         RNNLM(V, **{"hidden_dim": 16, **kwargs})
 
 
-def test_rnnlm_with_adaptive_softmax_trains_and_reports_exact_perplexity(
-    tmp_path, cache_dir, toy_corpus
+def test_nnlm_direct_connections_need_the_full_softmax():
+    with pytest.raises(UserError, match="direct_connections=true .* needs model.softmax=full"):
+        NNLM(V, hidden_dim=16, direct_connections=True, softmax="adaptive")
+
+
+@pytest.mark.parametrize("model_name", ["rnnlm", "nnlm"])
+def test_adaptive_softmax_trains_and_reports_exact_perplexity(
+    model_name, tmp_path, cache_dir, toy_corpus
 ):
     overrides = [
         *toy_overrides(toy_corpus),
         *FAST,
+        f"model={model_name}",
         "model.softmax=adaptive",
         "model.cutoffs=[4,10]",
         "model.hidden_dim=32",

@@ -19,13 +19,14 @@ import time
 import lightning as L
 import torch
 import torch.distributed
-import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils._pytree import tree_map
 from torchmetrics import Metric
 
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX, Vocabulary
 from lm_experiments.errors import UserError
+from lm_experiments.models.softmax import logits_nll
 from lm_experiments.resilience import gather_per_rank, training_position
 
 
@@ -76,6 +77,9 @@ class LanguageModel(L.LightningModule):
         # every family's __init__ arguments, gathered up the call chain; the optimizer and
         # scheduler factories stay out, so checkpoints hold only plain data (weights_only loads)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        for key, value in self.hparams.items():  # Hydra passes lists as ListConfig: store plain
+            if isinstance(value, (ListConfig, DictConfig)):
+                self.hparams[key] = OmegaConf.to_container(value)
         self.vocab_size = vocab_size
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.vocab: Vocabulary | None = None  # attached by train.py; saved in every checkpoint
@@ -103,11 +107,7 @@ class LanguageModel(L.LightningModule):
         can score without materialising all logits (n-gram, adaptive softmax).
         """
         logits, state = self(inputs, state)
-        logits = logits[:, -targets.size(1) :]  # [B, T, V]
-        nll = F.cross_entropy(
-            logits.transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none"
-        )  # [B, T]; 0 at ignored positions
-        return nll, state
+        return logits_nll(logits[:, -targets.size(1) :], targets), state  # [B, T]
 
     def detach_state(self, state):
         return tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, state)

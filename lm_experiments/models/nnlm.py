@@ -18,18 +18,20 @@ start of the split. Hence the NNLM scores exactly the tokens every other model s
 
 The softmax over V is the expensive part, so ``token_nll`` computes the hidden and output layers
 only for the positions that are scored: on a training window (S = window inputs, T = 1 target)
-that is one position, not ``window``.
+that is one position, not ``window``. ``softmax=adaptive`` replaces softmax(b + U h) by the
+adaptive softmax (``softmax.py``) for large vocabularies; it is exact, but it has no logits over V
+for the direct connections to add to, so the two do not combine.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX
+from lm_experiments.data.vocab import EOS_ID
 from lm_experiments.errors import UserError
 from lm_experiments.models.base import LanguageModel
+from lm_experiments.models.softmax import logits_nll, output_layer
 
 
 class NNLM(LanguageModel):
@@ -41,17 +43,24 @@ class NNLM(LanguageModel):
         hidden_dim: int = 256,
         direct_connections: bool = False,
         dropout: float = 0.0,
+        softmax: str = "full",
+        cutoffs: list[int] | None = None,
         optimizer=None,
         scheduler=None,
     ):
         super().__init__(vocab_size, optimizer, scheduler)
         if not isinstance(window, int) or window < 1:
             raise UserError(f"model.window must be a positive integer, got {window!r}")
+        if direct_connections and softmax != "full":
+            raise UserError(
+                "model.direct_connections=true adds W x to the output logits, so it needs"
+                " model.softmax=full (the adaptive softmax has no logits over V to add to)"
+            )
         self.window = window
         self.train_window = window  # the data module serves (window tokens, next token) pairs
         self.embedding = nn.Embedding(vocab_size, embedding_dim)  # C: V x M, a bare lookup
         self.hidden = nn.Linear(window * embedding_dim, hidden_dim)  # H, d
-        self.output = nn.Linear(hidden_dim, vocab_size)  # U, b
+        self.output = output_layer(softmax, hidden_dim, vocab_size, cutoffs)  # U, b (or adaptive)
         # W: Bengio's optional direct connections from the projection layer to the output
         self.direct = (
             nn.Linear(window * embedding_dim, vocab_size, bias=False)
@@ -66,14 +75,11 @@ class NNLM(LanguageModel):
             (batch_size, self.window - 1), EOS_ID, dtype=torch.long, device=self.device
         )
 
-    def _logits(self, windows: torch.Tensor) -> torch.Tensor:
-        """windows [B, P, window] of token ids -> logits [B, P, V] for the token after each."""
-        x = self.embedding(windows).flatten(2)  # [B, P, window * M]: the concatenated projection
-        h = torch.tanh(self.hidden(self.drop(x)))  # [B, P, h]
-        y = self.output(self.drop(h))  # [B, P, V]
-        if self.direct is not None:
-            y = y + self.direct(self.drop(x))
-        return y
+    def _projection_and_hidden(self, windows: torch.Tensor):
+        """windows [B, P, window] of token ids -> (x [B, P, window * M], h [B, P, h])."""
+        x = self.drop(self.embedding(windows).flatten(2))  # the concatenated projection
+        h = torch.tanh(self.hidden(x))
+        return x, self.drop(h)
 
     def _windows(self, inputs: torch.Tensor, state: torch.Tensor | None, last: int | None = None):
         """The window ending at each input position (the last ``last`` positions only)."""
@@ -87,14 +93,20 @@ class NNLM(LanguageModel):
         return windows, new_state
 
     def forward(self, inputs: torch.Tensor, state=None):
+        """-> (scores [B, S, V]: logits (full) or log-probs (adaptive), new state)."""
         windows, state = self._windows(inputs, state)
-        return self._logits(windows), state  # [B, S, V]
+        x, h = self._projection_and_hidden(windows)
+        y = self.output(h)  # b + U h
+        if self.direct is not None:
+            y = y + self.direct(x)  # + W x
+        return y, state
 
     def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, state=None):
-        """Like the base's, but the hidden and output layers run only on the T scored positions."""
+        """Like the base's, but the hidden and output layers run only on the T scored positions
+        (on a training window, one position, not ``window``); the adaptive softmax never
+        materialises [B, T, V]."""
         windows, state = self._windows(inputs, state, last=targets.size(1))  # [B, T, window]
-        logits = self._logits(windows)  # [B, T, V]
-        nll = F.cross_entropy(
-            logits.transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none"
-        )  # [B, T]
-        return nll, state
+        x, h = self._projection_and_hidden(windows)
+        if self.direct is None:
+            return self.output.nll(h, targets), state  # [B, T]
+        return logits_nll(self.output(h) + self.direct(x), targets), state

@@ -44,9 +44,6 @@ class RNNLM(LanguageModel):
         optimizer=None,
         scheduler=None,
     ):
-        # a plain list in the saved hyperparameters (Hydra passes a ListConfig), so that
-        # checkpoints stay loadable with weights_only
-        cutoffs = list(cutoffs) if cutoffs else None
         super().__init__(vocab_size, optimizer, scheduler)
         if cell not in CELLS:
             raise UserError(f"model.cell must be one of {sorted(CELLS)}, got '{cell}'")

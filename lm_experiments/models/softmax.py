@@ -42,14 +42,18 @@ class FullSoftmax(nn.Linear):
         return F.log_softmax(self(h).float(), dim=-1)  # [..., V]
 
     def nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self(h).float()  # [..., V]
-        nll = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        )
-        return nll.view(targets.shape)  # 0 at ignored positions
+        return logits_nll(self(h), targets)
+
+
+def logits_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log softmax(logits)[target], in float32: logits [..., V], targets [...] -> [...]."""
+    nll = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    return nll.view(targets.shape)  # 0 at ignored positions
 
 
 def default_cutoffs(vocab_size: int) -> list[int]:
