@@ -33,6 +33,7 @@ from lm_experiments.models.ngram import (
     NGramModel,
     count_ngrams,
     export_arpa,
+    group_keys,
     load_arpa,
     train_ngram,
 )
@@ -178,6 +179,17 @@ def test_counts_are_those_of_the_sentences_padded_with_one_start_symbol():
                 found[tuple(int(t) for t in row)] = int(count)
     assert found == dict(reference)
     assert counts.tokens == len(STREAM)
+
+
+@pytest.mark.parametrize("high", [50, 2**40, 2**62])  # 2**62: too wide to pack, indirect sort
+def test_grouping_keys_is_np_unique(high):
+    keys = np.random.default_rng(0).integers(0, high, 5_000)
+    keys[::7] = keys[3]  # repeats
+    got = group_keys(keys)
+    want = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(len(a) == 0 for a in group_keys(np.zeros(0, dtype=np.int64)))
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])

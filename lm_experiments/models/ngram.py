@@ -20,7 +20,8 @@ Representation (everything is numpy arrays, nothing is a Python object per n-gra
   the table below, like a reversed trie. Keys are sorted; the index of an n-gram is its rank, so
   lookups are ``np.searchsorted`` and walking to a longer n-gram (one more word on the left) is
   one lookup per order.
-* counting turns the token stream into these keys order by order (``np.unique``); the estimator
+* counting turns the token stream into these keys order by order (``group_keys``: one sort of
+  packed key-position words per order); the estimator
   needs, per n-gram, its suffix (``key % size``), its first token (``key // size``) and its
   context (the n-gram without its last word), all as index arrays.
 
@@ -347,6 +348,40 @@ def _as_chunks(streams) -> list[np.ndarray]:
     return [np.asarray(s, dtype=np.int64).reshape(-1) for s in streams if len(s)]
 
 
+def group_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_index=True, return_inverse=True, return_counts=True)`` for
+    non-negative int64 keys: the sorted distinct keys, where each first occurs, the rank of each
+    key, and the count of each distinct key.
+
+    When key and position fit in 63 bits together, one direct sort of the packed words
+    ``key << bits | position`` (numpy's SIMD sort) replaces the stable indirect sort of
+    ``np.unique``, which is 5-10x slower on 16M keys and grows faster than n log n once the
+    arrays leave the cache.
+    """
+    n = len(keys)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty
+    bits = max(1, (n - 1).bit_length())  # enough for a position
+    if int(keys.max()).bit_length() + bits <= 63:
+        ordered = keys << bits
+        ordered |= np.arange(n, dtype=np.int64)
+        ordered.sort()  # (key, position) words: by key, then by position
+        order = ordered & ((1 << bits) - 1)  # the positions, in that order
+        ordered >>= bits  # the keys, sorted
+    else:  # keys too wide to pack (huge corpora): an indirect sort
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+    starts = np.empty(n, dtype=bool)
+    starts[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])  # a new key begins here
+    first = np.flatnonzero(starts)  # [U]: where each distinct key begins in sorted order
+    counts = np.diff(first, append=n)
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.repeat(np.arange(len(first), dtype=np.int64), counts)  # each key's rank
+    return ordered[first], order[first], inverse, counts
+
+
 def count_ngrams(streams, vocab_size: int, order: int) -> NGramCounts:
     """Count the n-grams of ``streams``: one id array, or a list of them, each a run of whole
     sentences (ids, every sentence followed by ``<eos>``; each array starts a sentence)."""
@@ -374,12 +409,10 @@ def count_ngrams(streams, vocab_size: int, order: int) -> NGramCounts:
     size = V + 1
     for n in range(2, N + 1):
         pos = pos[since[pos] >= n - 1]
-        ngram_keys, inverse, count = np.unique(
-            ctx[pos - (n - 1)] * size + index[pos], return_inverse=True, return_counts=True
-        )
-        context = np.empty(len(ngram_keys), dtype=np.int64)
+        ngram_keys, first_at, inverse, count = group_keys(ctx[pos - (n - 1)] * size + index[pos])
         # the context of the n-gram at p is the (n-1)-gram ending at p - 1 (order 1: a token)
-        context[inverse] = ctx[pos - 1] if n == 2 else index[pos - 1]
+        at = pos[first_at] - 1  # [U]: before one occurrence of each n-gram
+        context = ctx[at] if n == 2 else index[at]
         keys.append(ngram_keys)
         counts.append(count.astype(np.int64))
         prefix.append(context)
@@ -653,10 +686,10 @@ def _read_arpa(path) -> dict[int, tuple[np.ndarray, list[str], np.ndarray]]:
 
 
 def _row_codes(rows: np.ndarray) -> np.ndarray:
-    """Equal codes for equal rows of an int matrix [M, n] (hierarchical np.unique)."""
+    """Equal codes for equal rows of a non-negative int matrix [M, n] (hierarchical grouping)."""
     code = rows[:, -1].copy()
     for j in range(rows.shape[1] - 2, -1, -1):
-        code = np.unique(rows[:, j] * (code.max() + 1) + code, return_inverse=True)[1]
+        code = group_keys(rows[:, j] * (code.max() + 1) + code)[2]
     return code
 
 
@@ -689,9 +722,7 @@ def _from_ngrams(grams: list, vocab_size: int, unknown_logprob: float) -> NGramM
             present = lower_codes[order][at] == suffix_codes
             rows[present] = order[at][present]
         if not present.all():
-            _, first_at, back = np.unique(
-                suffix_codes[~present], return_index=True, return_inverse=True
-            )
+            _, first_at, back, _ = group_keys(suffix_codes[~present])
             added = suffixes[~present][first_at]
             rows[~present] = len(lower) + back
             tokens[n - 1] = np.concatenate([lower, added])
