@@ -26,15 +26,17 @@ QUICK = [
 ]
 
 
-def run(quick: bool = False) -> str:
+def sweep(experiment: str, quick: bool = False) -> tuple[str, float, int, Path]:
+    """Run ``-m experiment=<experiment>``; return its comparison table (or the error's tail),
+    the seconds it took, its exit status and its directory."""
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    sweep_dir = ROOT / "logs" / "bench_sweep" / f"{stamp}{'_quick' if quick else ''}"
+    sweep_dir = ROOT / "logs" / f"bench_{experiment}" / f"{stamp}{'_quick' if quick else ''}"
     command = [
         sys.executable,
         "-m",
         "lm_experiments",
         "-m",
-        "experiment=compare_architectures",
+        f"experiment={experiment}",
         "print_config=false",
         "trainer.enable_progress_bar=false",
         f"hydra.sweep.dir={sweep_dir}",
@@ -46,14 +48,19 @@ def run(quick: bool = False) -> str:
     report = sweep_dir / "comparison.md"
     if not report.is_file():
         tail = "\n".join((result.stderr or result.stdout).splitlines()[-20:])
-        return f"The sweep wrote no comparison (exit {result.returncode}):\n\n```\n{tail}\n```\n"
+        return f"The sweep wrote no comparison:\n\n```\n{tail}\n```\n", seconds, 1, sweep_dir
     table = report.read_text().split("\n", 2)[2]  # without the '# Comparison: <dir>' heading
+    return table, seconds, result.returncode, sweep_dir
+
+
+def run(quick: bool = False) -> str:
+    table, seconds, status, sweep_dir = sweep("compare_architectures", quick)
     size = "a 5k-token corpus, one epoch (--quick)" if quick else "the default synthetic corpus"
     return (
         f"Every architecture trained on {size}, on the same splits and token accounting; "
         f"perplexities on the test split, the oracle being the generator's own perplexity "
         f"(the best possible). The whole sweep took {seconds:,.0f} s "
-        f"(exit status {result.returncode}); per-epoch validation curves are in "
+        f"(exit status {status}); per-epoch validation curves are in "
         f"`{sweep_dir.relative_to(ROOT)}/comparison.png`.\n\n{table}"
     )
 

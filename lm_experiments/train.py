@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
@@ -58,6 +59,8 @@ def train(cfg: DictConfig) -> dict:
     """Run the experiment described by ``cfg`` and return its metrics."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("threads"):  # CPU intra-op threads; small models often run fastest on one
+        torch.set_num_threads(int(cfg.threads))
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = cfg.get("ckpt_path")
 

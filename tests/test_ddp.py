@@ -3,19 +3,27 @@
 One process with batch 2b and two with batch b each must be the same training, step by step,
 for the window layout (NNLM) and the column layout (RNNLM); evaluating a checkpoint on two
 processes must give one process's perplexity and token count; and ``-m`` sweeps of DDP jobs must
-run each job once, in its own directory (Lightning's launcher re-runs the command line).
+run each job once, in its own directory (Lightning's launcher re-runs the command line); and a
+SIGTERM to rank 0 must stop every rank with one checkpoint that resumes exactly.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from lm_experiments.checkpoints import read_checkpoint
 from lm_experiments.train import train
 from tests.conftest import FAST, compose_config, run_cli, toy_overrides
+from tests.test_fault_tolerance import csv_steps
 
 STEPS = 6  # training steps compared
 TRAIN = [
@@ -122,3 +130,60 @@ def test_evaluating_a_checkpoint_on_two_processes_equals_one(
     )
     assert two["test/tokens"] == n_test  # the ranks' columns cover the split exactly once
     assert result.stdout.count("test perplexity:") == 1  # rank 0 reports, rank 1 is silent
+
+
+def test_sigterm_to_rank_zero_stops_every_rank_with_a_checkpoint_that_resumes_exactly(
+    tmp_path, cache_dir, toy_corpus
+):
+    """A ``kill`` of the launching process (rank 0) mid-epoch: every rank stops after the same
+    batch (the signal is all-reduced), rank 0 writes one resumable checkpoint, and resuming it on
+    two processes ends exactly where an uninterrupted two-process run ends."""
+    run = [
+        "model=rnnlm",
+        *toy_overrides(toy_corpus),
+        *FAST,
+        *DDP,
+        "logger=csv",
+        "trainer.log_every_n_steps=1",
+        "+logger.csv.flush_logs_every_n_steps=1",
+        "trainer.max_epochs=3",
+        "dataset.batch_size=8",  # 4 columns a rank
+        "dataset.bptt=10",  # 58 training steps an epoch
+        "model.hidden_dim=24",
+        "model.dropout=0.0",
+        f"paths.cache_dir={cache_dir}",
+    ]
+    whole = run_cli([*run, f"hydra.run.dir={tmp_path}/whole"], cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-4000:]
+    uninterrupted = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+
+    killed = tmp_path / "killed"
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lm_experiments", *run, f"hydra.run.dir={killed}"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + 180
+        while csv_steps(killed) < 70 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # into the second epoch
+        proc.send_signal(signal.SIGTERM)  # rank 0 only, as `kill <pid>` does
+        returncode = proc.wait(timeout=120)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert err.count("interrupted: stopped by SIGTERM after batch") == 1, err[-3000:]
+    assert not (killed / "metrics.json").exists()
+    checkpoint = read_checkpoint(str(killed / "checkpoints" / "last.ckpt"))
+    position = checkpoint["LMDataModule"]["train_position"]
+    assert checkpoint["global_step"] == 58 * position["epoch"] + position["batches"] < 3 * 58
+
+    resumed = run_cli(
+        [*run, f"hydra.run.dir={tmp_path}/resumed", f"ckpt_path={killed}/checkpoints/last.ckpt"],
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    for key in ("val/ppl", "val/ppl_best", "train/ppl", "train/tokens", "test/ppl", "test/tokens"):
+        assert metrics[key] == pytest.approx(uninterrupted[key], rel=1e-6), key
