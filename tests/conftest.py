@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,44 @@ def run_cli(args: list[str], cwd: Path, module: str = "lm_experiments", timeout:
         text=True,
         timeout=timeout,
     )
+
+
+def csv_steps(run_dir: Path) -> int:
+    """The last training step a run's CSV logger has written (0: none yet)."""
+    try:
+        with open(run_dir / "csv" / "metrics.csv") as f:
+            return max(
+                (int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")), default=0
+            )
+    except (OSError, ValueError, KeyError):  # not written yet, or a row being written
+        return 0
+
+
+#: overrides that make a run log every step to CSV at once (what ``interrupt_cli`` watches)
+LOG_EVERY_STEP = [
+    "logger=csv",
+    "trainer.log_every_n_steps=1",
+    "+logger.csv.flush_logs_every_n_steps=1",
+]
+
+
+def interrupt_cli(args: list[str], cwd: Path, run_dir: Path, after_steps: int) -> tuple[int, str]:
+    """Start ``python -m lm_experiments ...`` (run directory ``run_dir``, logging with
+    ``LOG_EVERY_STEP``), send it SIGTERM once it has logged ``after_steps`` training steps, as a
+    scheduler or ``kill`` would; return its exit status and stderr."""
+    with open(cwd / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lm_experiments", *args, f"hydra.run.dir={run_dir}"],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + 180
+        while csv_steps(run_dir) < after_steps and proc.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)  # to the launched process only (rank 0 under DDP)
+        returncode = proc.wait(timeout=120)
+    return returncode, (cwd / "stderr.txt").read_text()

@@ -14,7 +14,12 @@ from lm_experiments.errors import UserError
 from lm_experiments.generate import load_model
 from lm_experiments.models.nnlm import NNLM
 from lm_experiments.models.rnnlm import RNNLM
-from lm_experiments.models.softmax import AdaptiveSoftmax, FullSoftmax, default_cutoffs
+from lm_experiments.models.softmax import (
+    AdaptiveSoftmax,
+    FullSoftmax,
+    default_cutoffs,
+    logits_nll,
+)
 from lm_experiments.train import build, train
 from tests.conftest import FAST, compose_config, toy_overrides
 
@@ -53,6 +58,34 @@ def test_token_nll_is_minus_the_log_prob_of_the_target(layer):
     scored = targets != IGNORE_INDEX
     expected = -layer.log_probs(h).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
     assert torch.allclose(nll[scored], expected[scored], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("vocab", [7, 20_000])  # one row block; many rows per block, then 6
+def test_block_wise_nll_is_cross_entropy_with_its_gradient(dtype, vocab):
+    """The CPU loss works a block of rows at a time; values and gradients must be
+    ``cross_entropy(logits.float())``'s, ignored targets giving 0 and no gradient."""
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 50, vocab)).to(dtype).requires_grad_()
+    targets = torch.randint(0, vocab, (3, 50))
+    targets[1, 7:] = IGNORE_INDEX
+    weights = torch.rand(3, 50)  # a weighted sum, so each row's gradient is scaled differently
+    nll = logits_nll(logits, targets)
+    (nll * weights).sum().backward()
+    got = logits.grad.clone()
+    logits.grad = None
+    expected = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    (expected * weights).sum().backward()
+    assert nll.dtype == torch.float32
+    assert torch.allclose(nll, expected, rtol=1e-5, atol=1e-5)
+    assert (nll[1, 7:] == 0).all() and (got[1, 7:] == 0).all()
+    assert got.dtype == dtype
+    if dtype == torch.float32:
+        assert torch.allclose(got, logits.grad, rtol=1e-4, atol=1e-6)  # float32 rounding
+    else:  # bf16 gradients: about 3 significant digits
+        assert torch.allclose(got.float(), logits.grad.float(), rtol=1e-2, atol=1e-3)
 
 
 def test_cutoffs_follow_the_vocabulary_size():

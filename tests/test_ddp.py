@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from lm_experiments.checkpoints import read_checkpoint
 from lm_experiments.train import train
-from tests.conftest import FAST, compose_config, run_cli, toy_overrides
-from tests.test_fault_tolerance import csv_steps
+from tests.conftest import (
+    FAST,
+    LOG_EVERY_STEP,
+    compose_config,
+    interrupt_cli,
+    run_cli,
+    toy_overrides,
+)
 
 STEPS = 6  # training steps compared
 TRAIN = [
@@ -143,9 +145,7 @@ def test_sigterm_to_rank_zero_stops_every_rank_with_a_checkpoint_that_resumes_ex
         *toy_overrides(toy_corpus),
         *FAST,
         *DDP,
-        "logger=csv",
-        "trainer.log_every_n_steps=1",
-        "+logger.csv.flush_logs_every_n_steps=1",
+        *LOG_EVERY_STEP,
         "trainer.max_epochs=3",
         "dataset.batch_size=8",  # 4 columns a rank
         "dataset.bptt=10",  # about 60 training steps an epoch
@@ -158,20 +158,7 @@ def test_sigterm_to_rank_zero_stops_every_rank_with_a_checkpoint_that_resumes_ex
     uninterrupted = json.loads((tmp_path / "whole" / "metrics.json").read_text())
 
     killed = tmp_path / "killed"
-    with open(tmp_path / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lm_experiments", *run, f"hydra.run.dir={killed}"],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        deadline = time.monotonic() + 180
-        while csv_steps(killed) < 70 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # into the second epoch
-        proc.send_signal(signal.SIGTERM)  # rank 0 only, as `kill <pid>` does
-        returncode = proc.wait(timeout=120)
-    err = (tmp_path / "stderr.txt").read_text()
+    returncode, err = interrupt_cli(run, tmp_path, killed, after_steps=70)  # in epoch 2
     assert returncode == 128 + signal.SIGTERM, err[-3000:]
     assert err.count("interrupted: stopped by SIGTERM after batch") == 1, err[-3000:]
     assert not (killed / "metrics.json").exists()

@@ -4,12 +4,8 @@ keeps its last good checkpoint."""
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +16,14 @@ from lm_experiments.checkpoints import read_checkpoint
 from lm_experiments.errors import UserError
 from lm_experiments.resilience import RunInterrupted
 from lm_experiments.train import train
-from tests.conftest import FAST, compose_config, run_cli, toy_overrides
+from tests.conftest import (
+    FAST,
+    LOG_EVERY_STEP,
+    compose_config,
+    interrupt_cli,
+    run_cli,
+    toy_overrides,
+)
 
 EPOCHS = 3
 #: a model that carries a tuple state (LSTM), draws dropout masks, and whose plateau scheduler
@@ -72,16 +75,6 @@ def assert_same_run(resumed: dict, uninterrupted: dict) -> None:
         assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-6), key
 
 
-def csv_steps(run_dir: Path) -> int:
-    try:
-        with open(run_dir / "csv" / "metrics.csv") as f:
-            return max(
-                (int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")), default=0
-            )
-    except (OSError, ValueError, KeyError):  # not written yet, or a row being written
-        return 0
-
-
 def test_sigterm_mid_epoch_saves_a_checkpoint_that_resumes_exactly(
     tmp_path, toy_corpus, cache_dir, uninterrupted
 ):
@@ -90,26 +83,10 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_that_resumes_exactly(
         *toy_overrides(toy_corpus),
         *FAST,
         *RUN,
-        "logger=csv",
-        "trainer.log_every_n_steps=1",
-        "+logger.csv.flush_logs_every_n_steps=1",
-        f"hydra.run.dir={run_dir}",
+        *LOG_EVERY_STEP,
         f"paths.cache_dir={cache_dir}",
     ]
-    with open(tmp_path / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lm_experiments", *args],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        deadline = time.monotonic() + 180
-        while csv_steps(run_dir) < 130 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)  # until it is well into the second epoch
-        proc.send_signal(signal.SIGTERM)
-        returncode = proc.wait(timeout=120)
-    err = (tmp_path / "stderr.txt").read_text()
+    returncode, err = interrupt_cli(args, tmp_path, run_dir, after_steps=130)  # in epoch 2
     assert returncode == 128 + signal.SIGTERM, err[-3000:]
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert "interrupted: stopped by SIGTERM after batch" in err

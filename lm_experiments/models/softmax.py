@@ -46,14 +46,56 @@ class FullSoftmax(nn.Linear):
 
 
 def logits_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-log softmax(logits)[target], in float32: logits [..., V], targets [...] -> [...]."""
-    nll = F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    )
-    return nll.view(targets.shape)  # 0 at ignored positions
+    """-log softmax(logits)[target], in float32: logits [..., V], targets [...] -> [...]
+    (0 at ignored positions)."""
+    flat, flat_targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)  # [N, V], [N]
+    if logits.device.type == "cpu" and logits.dtype != torch.float64:
+        nll = _RowBlockNLL.apply(flat, flat_targets)
+    else:  # one fused kernel on a GPU
+        nll = F.cross_entropy(
+            flat.float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+    return nll.view(targets.shape)
+
+
+class _RowBlockNLL(torch.autograd.Function):
+    """``cross_entropy(logits.float(), reduction="none")`` and its gradient, computed a block of
+    rows at a time: float32 math on a block that stays in the CPU cache, instead of float32
+    copies of all [N, V] logits, their log-softmax and its gradient in memory. The values are
+    the same (float32 log-sum-exp); under bf16 autocast it is what makes the output layer's
+    loss cheaper along with its matrix product, and it never stores float32 [N, V] for backward.
+
+        nll_i = logsumexp_j(z_ij) - z_i,t_i          d nll_i / d z_ij = softmax(z_i)_j - [j = t_i]
+    """
+
+    BLOCK = 1 << 17  # elements of a row block (512 KiB in float32)
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        ignored = targets == IGNORE_INDEX
+        targets = targets.masked_fill(ignored, 0)
+        rows = max(1, _RowBlockNLL.BLOCK // max(1, logits.size(1)))
+        lse = torch.empty(logits.size(0), dtype=torch.float32)  # [N]
+        for start in range(0, logits.size(0), rows):
+            lse[start : start + rows] = torch.logsumexp(logits[start : start + rows].float(), 1)
+        nll = lse - logits.gather(1, targets[:, None]).squeeze(1).float()
+        ctx.save_for_backward(logits, targets, ignored, lse)
+        return nll.masked_fill_(ignored, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad_nll):
+        logits, targets, ignored, lse = ctx.saved_tensors
+        g = grad_nll.float().masked_fill(ignored, 0.0)  # [N]
+        grad = torch.empty_like(logits)  # [N, V], in the logits' dtype
+        rows = max(1, _RowBlockNLL.BLOCK // max(1, logits.size(1)))
+        for start in range(0, logits.size(0), rows):
+            block = slice(start, start + rows)
+            softmax = torch.exp(logits[block].float() - lse[block, None])  # [rows, V]
+            grad[block] = softmax.mul_(g[block, None])
+        # the target's entry, (softmax - 1) * g, in float32: subtracting in bf16 would cancel
+        p_target = torch.exp(logits.gather(1, targets[:, None]).squeeze(1).float() - lse)
+        grad[torch.arange(logits.size(0)), targets] = ((p_target - 1) * g).to(grad.dtype)
+        return grad, None
 
 
 def default_cutoffs(vocab_size: int) -> list[int]:
