@@ -348,22 +348,17 @@ def _as_chunks(streams) -> list[np.ndarray]:
     return [np.asarray(s, dtype=np.int64).reshape(-1) for s in streams if len(s)]
 
 
-def group_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(keys, return_index=True, return_inverse=True, return_counts=True)`` for
-    non-negative int64 keys: the sorted distinct keys, where each first occurs, the rank of each
-    key, and the count of each distinct key.
+def _sort_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sort non-negative int64 keys: (the keys sorted, their positions in that order, where each
+    distinct key's run begins, the rank of the key at each sorted place).
 
     When key and position fit in 63 bits together, one direct sort of the packed words
     ``key << bits | position`` (numpy's SIMD sort) replaces the stable indirect sort of
-    ``np.unique``, which is 5-10x slower on 16M keys and grows faster than n log n once the
-    arrays leave the cache.
+    ``np.unique``, which is 5-10x slower on 16M keys.
     """
     n = len(keys)
-    if n == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty, empty
     bits = max(1, (n - 1).bit_length())  # enough for a position
-    if int(keys.max()).bit_length() + bits <= 63:
+    if n and int(keys.max()).bit_length() + bits <= 63:
         ordered = keys << bits
         ordered |= np.arange(n, dtype=np.int64)
         ordered.sort()  # (key, position) words: by key, then by position
@@ -372,14 +367,21 @@ def group_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     else:  # keys too wide to pack (huge corpora): an indirect sort
         order = np.argsort(keys, kind="stable")
         ordered = keys[order]
-    starts = np.empty(n, dtype=bool)
-    starts[0] = True
+    starts = np.ones(n, dtype=bool)
     np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])  # a new key begins here
-    first = np.flatnonzero(starts)  # [U]: where each distinct key begins in sorted order
-    counts = np.diff(first, append=n)
-    inverse = np.empty(n, dtype=np.int64)
-    inverse[order] = np.repeat(np.arange(len(first), dtype=np.int64), counts)  # each key's rank
-    return ordered[first], order[first], inverse, counts
+    first = np.flatnonzero(starts)  # [U]
+    rank = np.repeat(np.arange(len(first), dtype=np.int64), np.diff(first, append=n))  # [n]
+    return ordered, order, first, rank
+
+
+def group_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_index=True, return_inverse=True, return_counts=True)`` for
+    non-negative int64 keys (``_sort_groups``): the sorted distinct keys, where each first
+    occurs, the rank of each key, and the count of each distinct key."""
+    ordered, order, first, rank = _sort_groups(keys)
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order] = rank
+    return ordered[first], order[first], inverse, np.diff(first, append=len(keys))
 
 
 def count_ngrams(streams, vocab_size: int, order: int) -> NGramCounts:
@@ -405,20 +407,20 @@ def count_ngrams(streams, vocab_size: int, order: int) -> NGramCounts:
     keys, counts, prefix = [None, None], [None], [None, None]
     counts.append(np.bincount(x[predicted], minlength=V + 1).astype(np.int64))
     pos = np.flatnonzero(predicted)
-    index = x  # index of the (n-1)-gram ending at each position (order 1: the token)
+    index = x.copy()  # index of the (n-1)-gram ending at each position (order 1: the token)
     size = V + 1
     for n in range(2, N + 1):
         pos = pos[since[pos] >= n - 1]
-        ngram_keys, first_at, inverse, count = group_keys(ctx[pos - (n - 1)] * size + index[pos])
+        ordered, order, first, rank = _sort_groups(ctx[pos - (n - 1)] * size + index[pos])
         # the context of the n-gram at p is the (n-1)-gram ending at p - 1 (order 1: a token)
-        at = pos[first_at] - 1  # [U]: before one occurrence of each n-gram
+        at = pos[order[first]] - 1  # [U]: before one occurrence of each n-gram
         context = ctx[at] if n == 2 else index[at]
-        keys.append(ngram_keys)
-        counts.append(count.astype(np.int64))
+        keys.append(ordered[first])
+        counts.append(np.diff(first, append=len(pos)))
         prefix.append(context)
-        index = np.full(L, NONE, dtype=np.int64)
-        index[pos] = inverse
-        size = len(ngram_keys)
+        index.fill(NONE)  # reused: a fresh [L] array per order costs page faults, not just time
+        index[pos[order]] = rank  # the n-gram ending at each position
+        size = len(first)
     return NGramCounts(N, V, keys, counts, prefix, int(predicted.sum()))
 
 
