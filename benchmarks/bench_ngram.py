@@ -4,7 +4,6 @@ generated corpora of growing size (how the cost grows with the corpus)."""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +35,8 @@ def ptb_mini_stream(name: str, vocab: Vocabulary | None = None):
     return np.concatenate([vocab.encode(s) for s in sentences]).astype(np.int64), vocab
 
 
-def warm_memory(gib: float) -> float:
-    """Touch ``gib`` GiB once and free it; return the seconds that took.
-
-    On a virtual machine whose host backs guest memory lazily (this project's firecracker VMs),
-    the first touch of a page costs the host a fault: ~1.8 s per GiB here, against 0.17 s once
-    the guest has used it. Without this, whichever size first needs more memory than any earlier
-    run pays that, and the growth exponent measures the host, not the estimator.
-    """
-    started = time.perf_counter()
-    block = np.ones(int(gib * 2**30) // 8)
-    del block
-    return time.perf_counter() - started
-
-
 def run(quick: bool = False) -> str:
     out = []
-    warm_seconds = warm_memory(0.5 if quick else 4.0)
     if SHARED.is_dir():
         train, vocab = ptb_mini_stream("train")
         test, _ = ptb_mini_stream("test", vocab)
@@ -98,8 +82,6 @@ def run(quick: bool = False) -> str:
         "worse than n log n (the exponent n log n has over the same step is in brackets); "
         "scoring at least 1M tokens/s. Estimation is single-threaded numpy: per order one sort of "
         "packed (n-gram key, position) words (`group_keys`), `bincount` sums per context, "
-        "`searchsorted` lookups; each figure is the best of 2 runs in one process, after "
-        f"touching {0.5 if quick else 4.0:g} GiB once ({warm_seconds:.1f} s; see `warm_memory`: "
-        "the first touch of a VM's memory is a host fault, not estimation work).",
+        "`searchsorted` lookups; each figure is the best of 2 runs in one process.",
     ]
     return "\n".join(out)
