@@ -6,11 +6,12 @@ import itertools
 
 import hydra
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, compose_config
+from tests.conftest import CONF, FAST, compose_config, toy_overrides
 
 GROUPS = ("dataset", "model", "trainer", "logger", "callbacks")
 # logger and callbacks read only paths/task_name/tags, never the dataset, model or trainer nodes,
@@ -59,3 +60,14 @@ def check_resolves(cfg, overrides):
 def test_experiments_compose(tmp_path, cache_dir, experiment):
     cfg = compose_config([f"experiment={experiment}"], tmp_path, cache_dir)
     assert cfg.model._target_ and cfg.dataset._target_
+
+
+def test_threads_sets_the_intra_op_threads(tmp_path, cache_dir, toy_corpus):
+    from lm_experiments.train import train
+
+    overrides = [*toy_overrides(toy_corpus), *FAST, "threads=2", "trainer.max_epochs=1"]
+    try:
+        train(compose_config([*overrides, "trainer.limit_train_batches=2"], tmp_path, cache_dir))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)  # the test session's setting (conftest)
