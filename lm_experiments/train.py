@@ -57,10 +57,18 @@ def _callbacks(cfg: DictConfig) -> list:
 
 def train(cfg: DictConfig) -> dict:
     """Run the experiment described by ``cfg`` and return its metrics."""
+    threads = torch.get_num_threads()
+    try:
+        if cfg.get("threads"):  # CPU intra-op threads; small models often run fastest on one
+            torch.set_num_threads(int(cfg.threads))
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)  # the next job of a multirun starts from the default
+
+
+def _run(cfg: DictConfig) -> dict:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    if cfg.get("threads"):  # CPU intra-op threads; small models often run fastest on one
-        torch.set_num_threads(int(cfg.threads))
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = cfg.get("ckpt_path")
 

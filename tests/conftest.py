@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
@@ -138,23 +139,47 @@ LOG_EVERY_STEP = [
 ]
 
 
+def processes_with(marker: str) -> list[int]:
+    """Pids of the running processes whose command line contains ``marker`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                pids.append(int(entry.name))
+        except (OSError, UnicodeDecodeError):  # ended meanwhile, or not ours to read
+            continue
+    return pids
+
+
 def interrupt_cli(args: list[str], cwd: Path, run_dir: Path, after_steps: int) -> tuple[int, str]:
     """Start ``python -m lm_experiments ...`` (run directory ``run_dir``, logging with
     ``LOG_EVERY_STEP``), send it SIGTERM once it has logged ``after_steps`` training steps, as a
-    scheduler or ``kill`` would; return its exit status and stderr."""
+    scheduler or ``kill`` would; return its exit status and stderr once every process of the run
+    (DDP ranks included) has ended."""
+    marker = f"hydra.run.dir={run_dir}"
     with open(cwd / "stderr.txt", "w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lm_experiments", *args, f"hydra.run.dir={run_dir}"],
+            [sys.executable, "-m", "lm_experiments", *args, marker],
             cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its own process group: killed whole if it hangs
         )
-        deadline = time.monotonic() + 180
-        while csv_steps(run_dir) < after_steps and proc.poll() is None:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)  # to the launched process only (rank 0 under DDP)
-        returncode = proc.wait(timeout=120)
+        try:
+            deadline = time.monotonic() + 180
+            while csv_steps(run_dir) < after_steps and proc.poll() is None:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)  # to the launched process only (rank 0 under DDP)
+            returncode = proc.wait(timeout=120)
+            deadline = time.monotonic() + 30
+            while processes_with(marker) and time.monotonic() < deadline:
+                time.sleep(0.1)  # the other ranks wind down
+            assert not processes_with(marker), "a process of the interrupted run is still running"
+        finally:
+            if proc.poll() is None or processes_with(marker):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
     return returncode, (cwd / "stderr.txt").read_text()

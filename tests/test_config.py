@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import hydra
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -62,12 +63,18 @@ def test_experiments_compose(tmp_path, cache_dir, experiment):
     assert cfg.model._target_ and cfg.dataset._target_
 
 
-def test_threads_sets_the_intra_op_threads(tmp_path, cache_dir, toy_corpus):
+class ThreadsDuringTraining(L.Callback):
+    seen: list = []
+
+    def on_train_start(self, trainer, pl_module):
+        ThreadsDuringTraining.seen.append(torch.get_num_threads())
+
+
+def test_threads_sets_the_intra_op_threads_for_the_run_only(tmp_path, cache_dir, toy_corpus):
     from lm_experiments.train import train
 
-    overrides = [*toy_overrides(toy_corpus), *FAST, "threads=2", "trainer.max_epochs=1"]
-    try:
-        train(compose_config([*overrides, "trainer.limit_train_batches=2"], tmp_path, cache_dir))
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(1)  # the test session's setting (conftest)
+    spy = "+callbacks.spy._target_=tests.test_config.ThreadsDuringTraining"
+    overrides = [*toy_overrides(toy_corpus), *FAST, "threads=2", "trainer.max_epochs=1", spy]
+    train(compose_config([*overrides, "trainer.limit_train_batches=2"], tmp_path, cache_dir))
+    assert ThreadsDuringTraining.seen == [2]
+    assert torch.get_num_threads() == 1  # restored: the session's setting (conftest)

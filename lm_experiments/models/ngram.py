@@ -38,6 +38,8 @@ import ctypes
 import gzip
 import logging
 import math
+import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -358,6 +360,7 @@ def _sort_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     ``key << bits | position`` (numpy's SIMD sort) replaces the stable indirect sort of
     ``np.unique``, which is 5-10x slower on 16M keys.
     """
+    keys = np.asarray(keys, dtype=np.int64)  # int32 keys would overflow when packed
     n = len(keys)
     bits = max(1, (n - 1).bit_length())  # enough for a position
     if n and int(keys.max()).bit_length() + bits <= 63:
@@ -556,38 +559,48 @@ def train_ngram(streams, vocab_size: int, order: int = 5, smoothing="kneser_ney"
         raise UserError(f"model.smoothing must be one of {list(SMOOTHINGS)}, got '{smoothing}'")
     if smoothing == "add_k" and not k > 0:
         raise UserError(f"model.k must be positive for add_k smoothing, got {k}")
-    with _reusing_freed_memory():
-        return estimate(count_ngrams(streams, vocab_size, order), smoothing, k)
+    chunks = _as_chunks(streams)
+    with _reusing_freed_memory(sum(len(c) for c in chunks)):
+        return estimate(count_ngrams(chunks, vocab_size, order), smoothing, k)
+
+
+_ALLOCATOR_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _reusing_freed_memory():
-    """While counting and estimating, let glibc's malloc reuse freed arrays.
+def _reusing_freed_memory(num_tokens: int):
+    """While counting and estimating a large corpus, let glibc's malloc reuse freed arrays.
 
     glibc serves an allocation larger than its mmap threshold (at most 32 MB) with a fresh
     ``mmap`` that ``free`` returns to the kernel, so each of the many large temporaries of a big
     corpus is page-faulted (zeroed) anew: on the project's VMs that made a 16M-token 5-gram grow
     as n^1.2-1.4 instead of n log n. Here ``mmap`` is off and trimming deferred, so freed arrays
     are reused; afterwards the heap is trimmed and the limits are set to glibc's own steady state
-    (mmap above 32 MB, trim above 64 MB), so the process keeps no memory it does not use. It
-    does nothing where the C library is not glibc.
+    (mmap above 32 MB, trim above 64 MB). It is process-wide, so it is used only where it
+    matters (temporaries over 32 MB: more than 4M tokens), one estimation at a time, and never
+    where the user set glibc's ``MALLOC_*`` variables or the C library is not glibc.
     """
+    large = num_tokens * 8 > 32 * 2**20
+    user_tuned = any(k.startswith("MALLOC_") for k in os.environ)
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        libc = ctypes.CDLL("libc.so.6") if large and not user_tuned else None
         mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
-        yield
+        libc = None
+    if libc is None or not _ALLOCATOR_LOCK.acquire(blocking=False):
+        yield  # small corpus, not glibc, user-tuned, or another estimation is running
         return
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
-    mallopt(M_MMAP_MAX, 0)
-    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
     try:
+        mallopt(M_MMAP_MAX, 0)
+        mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
         yield
     finally:
         mallopt(M_MMAP_MAX, 65536)  # glibc's default
         mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
         mallopt(M_TRIM_THRESHOLD, 64 * 2**20)
         malloc_trim(0)
+        _ALLOCATOR_LOCK.release()
 
 
 def benchmark(train_stream, vocab_size: int, held_out=None, order: int = 5, repeat: int = 3):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from lm_experiments.data.vocab import IGNORE_INDEX
 from lm_experiments.errors import UserError
@@ -83,6 +84,7 @@ class _RowBlockNLL(torch.autograd.Function):
         return nll.masked_fill_(ignored, 0.0)
 
     @staticmethod
+    @once_differentiable  # the gradient itself is not differentiated (no double backward)
     def backward(ctx, grad_nll):
         logits, targets, ignored, lse = ctx.saved_tensors
         g = grad_nll.float().masked_fill(ignored, 0.0)  # [N]
