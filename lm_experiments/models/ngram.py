@@ -577,10 +577,10 @@ def _reusing_freed_memory(num_tokens: int):
     as n^1.2-1.4 instead of n log n. Here ``mmap`` is off and trimming deferred, so freed arrays
     are reused; afterwards the heap is trimmed and the limits are set to glibc's own steady state
     (mmap above 32 MB, trim above 64 MB). It is process-wide, so it is used only where it
-    matters (temporaries over 32 MB: more than 4M tokens), one estimation at a time, and never
+    matters (more than 2^20 tokens), one estimation at a time, and never
     where the user set glibc's ``MALLOC_*`` variables or the C library is not glibc.
     """
-    large = num_tokens * 8 > 32 * 2**20
+    large = num_tokens > 2**20  # temporaries of 8 MB and more; the default corpora are smaller
     user_tuned = any(k.startswith("MALLOC_") for k in os.environ)
     try:
         libc = ctypes.CDLL("libc.so.6") if large and not user_tuned else None
