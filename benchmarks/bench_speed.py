@@ -17,8 +17,10 @@ b. bf16-mixed against fp32: speed, and the validation perplexity after the same 
 c. peak memory of each: resident-set growth during training on a CPU (sampled every 2 ms, one
    process per measurement), ``torch.cuda.max_memory_allocated`` on a GPU.
 
-Each (model, precision) runs in its own process, so one measurement never inherits another's
-allocator state or thread pool.
+Speed is measured in one process per model: each round runs the framework and the hand loop in
+fp32 and in bf16-mixed, back to back in a rotating order, so every ratio compares runs made
+under the same conditions (on a shared or virtual machine, speeds drift by 5-20% over minutes).
+Each memory measurement has a process of its own.
 """
 
 from __future__ import annotations
@@ -248,42 +250,48 @@ def measure(job: dict) -> dict:
             "trainer.max_epochs=1",
             f"trainer.limit_train_batches={warmup + steps}",
             "+trainer.limit_val_batches=0",
-            f"trainer.precision={job['precision']}",
             "dataset.batch_size=20",
             "dataset.bptt=35",
         ]
-        cfg = _compose(overrides, workdir)
+        cfgs = {p: _compose([*overrides, f"trainer.precision={p}"], workdir) for p in PRECISIONS}
         L.seed_everything(0, verbose=False)
-        _, model = build(cfg)
+        _, model = build(cfgs["32-true"])
         init_state = copy.deepcopy(model.state_dict())
         out: dict = {"threads": torch.get_num_threads()}
+        runners = {"framework": _framework, "hand": _hand_loop}
         if job["kind"] == "memory":
             memory = _PeakMemory()
-            runner = _framework if job["runner"] == "framework" else _hand_loop
-            runner(cfg, init_state, steps, warmup, memory)
+            runners[job["runner"]](cfgs[job["precision"]], init_state, steps, warmup, memory)
             out["peak_mib"] = memory.stop()
             return out
-        # warm the process first (allocator pools, page faults, kernel selection), so that
-        # neither runner pays for being first; then alternate their order, best of each
-        _hand_loop(cfg, init_state, 0, warmup)
-        runs: dict[str, list[dict]] = {"framework": [], "hand": []}
+        # warm the process first (allocator pools, page faults, kernel selection), so that no
+        # run pays for being first; then each round runs all four, in a rotating order
+        for precision in PRECISIONS:
+            _hand_loop(cfgs[precision], init_state, 0, warmup)
+        combos = [(r, p) for r in runners for p in PRECISIONS]
+        runs: dict[tuple, list[dict]] = {c: [] for c in combos}
         for repeat in range(job["repeats"]):
-            for runner in ("framework", "hand") if repeat % 2 == 0 else ("hand", "framework"):
-                if runner == "hand":
-                    runs["hand"].append(_hand_loop(cfg, init_state, steps, warmup))
-                    continue
-                run = _framework(cfg, init_state, steps, warmup)
-                runs["framework"].append(run)
-                if "val_ppl" not in out:  # the validation perplexity after these steps
-                    out["val_ppl"] = _validate(run, job["precision"])
-        for runner, results in runs.items():  # the best of the repeats, by each clock
-            out[runner] = max(r["tokens_per_sec"] for r in results)
-            out[f"{runner}_cpu"] = max(r["tokens_per_cpu_sec"] for r in results)
-        # each round runs both back to back, under the same conditions: the median of the
+            for runner, precision in combos[repeat:] + combos[:repeat]:
+                run = runners[runner](cfgs[precision], init_state, steps, warmup)
+                runs[runner, precision].append(run)
+                if runner == "framework" and f"val_ppl {precision}" not in out:
+                    out[f"val_ppl {precision}"] = _validate(run, precision)  # after these steps
+        for (runner, precision), results in runs.items():  # the best round, by each clock
+            out[f"{runner} {precision}"] = max(r["tokens_per_sec"] for r in results)
+            out[f"{runner}_cpu {precision}"] = max(r["tokens_per_cpu_sec"] for r in results)
+
+        # one round's runs follow each other under the same conditions: the median of the
         # rounds' ratios is steadier than a ratio of two bests taken minutes apart
-        for clock, key in (("", "tokens_per_sec"), ("_cpu", "tokens_per_cpu_sec")):
-            paired = [f[key] / h[key] for f, h in zip(runs["framework"], runs["hand"], strict=True)]
-            out[f"ratio{clock}"] = statistics.median(paired)
+        def paired(a: tuple, b: tuple, key: str = "tokens_per_sec") -> float:
+            return statistics.median(x[key] / y[key] for x, y in zip(runs[a], runs[b], strict=True))
+
+        for precision in PRECISIONS:
+            out[f"ratio {precision}"] = paired(("framework", precision), ("hand", precision))
+            out[f"ratio_cpu {precision}"] = paired(
+                ("framework", precision), ("hand", precision), "tokens_per_cpu_sec"
+            )
+        for runner in runners:
+            out[f"bf16 speed-up {runner}"] = paired((runner, "bf16-mixed"), (runner, "32-true"))
         return out
 
 
@@ -340,12 +348,11 @@ def run(quick: bool = False) -> str:
     corpus, data = corpus_overrides()
     speed, memory = {}, {}
     for name, model in MODELS.items():
+        print(f"  {name}: speed", file=sys.stderr, flush=True)
+        base = {"overrides": [*data, *model], "warmup": warmup}
+        speed[name] = _child({**base, "kind": "speed", "steps": steps, "repeats": repeats})
         for precision in PRECISIONS:
-            base = {"overrides": [*data, *model], "precision": precision, "warmup": warmup}
-            print(f"  {name}, {precision}: speed", file=sys.stderr, flush=True)
-            speed[name, precision] = _child(
-                {**base, "kind": "speed", "steps": steps, "repeats": repeats}
-            )
+            base = {**base, "precision": precision}
             for runner in ("framework", "hand"):
                 job = {**base, "kind": "memory", "runner": runner, "steps": 5 if quick else 20}
                 memory[name, precision, runner] = _child(job)["peak_mib"]
@@ -354,8 +361,9 @@ def run(quick: bool = False) -> str:
     threads = next(iter(speed.values()))["threads"]
     lines = [
         f"{corpus}; batch 20 x bptt 35 = 700 tokens a step; {steps} timed steps after {warmup} "
-        f"warm-up steps, {repeats} rounds (tokens/s: the best round; framework / hand: the median "
-        f"of the rounds' ratios, each round running both back to back); {device}, {threads} intra-op thread(s) "
+        f"warm-up steps; {repeats} rounds, each running the framework and the hand loop in both "
+        "precisions back to back, in one process per model (tokens/s: the best round; ratios and "
+        f"speed-ups: the median of the rounds' ratios); {device}, {threads} intra-op thread(s) "
         f"(BENCH_THREADS); load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
         f"(other processes compete for the cores). Native bf16 on this CPU: {cpu_bf16_support()}.",
         "",
@@ -365,12 +373,13 @@ def run(quick: bool = False) -> str:
         "| framework tok/CPU-s | hand loop tok/CPU-s | framework / hand (CPU) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for (name, precision), r in speed.items():
-        lines.append(
-            f"| {name} | {precision} | {r['framework']:,.0f} | {r['hand']:,.0f} | "
-            f"{r['ratio']:.3f} | {r['framework_cpu']:,.0f} | "
-            f"{r['hand_cpu']:,.0f} | {r['ratio_cpu']:.3f} |"
-        )
+    for name, r in speed.items():
+        for p in PRECISIONS:
+            lines.append(
+                f"| {name} | {p} | {r[f'framework {p}']:,.0f} | {r[f'hand {p}']:,.0f} | "
+                f"{r[f'ratio {p}']:.3f} | {r[f'framework_cpu {p}']:,.0f} | "
+                f"{r[f'hand_cpu {p}']:,.0f} | {r[f'ratio_cpu {p}']:.3f} |"
+            )
     lines += [
         "",
         "**b. bf16-mixed against fp32** (framework; validation perplexity after the same steps,"
@@ -380,12 +389,11 @@ def run(quick: bool = False) -> str:
         "| difference |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name in MODELS:
-        fp32, bf16 = speed[name, "32-true"], speed[name, "bf16-mixed"]
+    for name, r in speed.items():
+        fp32, bf16 = r["val_ppl 32-true"], r["val_ppl bf16-mixed"]
         lines.append(
-            f"| {name} | {bf16['framework'] / fp32['framework']:.2f}x | "
-            f"{bf16['hand'] / fp32['hand']:.2f}x | {fp32['val_ppl']:.2f} | {bf16['val_ppl']:.2f} "
-            f"| {100 * (bf16['val_ppl'] / fp32['val_ppl'] - 1):+.2f}% |"
+            f"| {name} | {r['bf16 speed-up framework']:.2f}x | {r['bf16 speed-up hand']:.2f}x | "
+            f"{fp32:.2f} | {bf16:.2f} | {100 * (bf16 / fp32 - 1):+.2f}% |"
         )
     lines += [
         "",
@@ -410,8 +418,8 @@ def run(quick: bool = False) -> str:
                 f"| {name} | {precision} | {memory[name, precision, 'framework']:,.1f} | "
                 f"{memory[name, precision, 'hand']:,.1f} |"
             )
-    ratios = [r["ratio"] for r in speed.values()]
-    cpu_ratios = [r["ratio_cpu"] for r in speed.values()]
+    ratios = [r[f"ratio {p}"] for r in speed.values() for p in PRECISIONS]
+    cpu_ratios = [r[f"ratio_cpu {p}"] for r in speed.values() for p in PRECISIONS]
     lines += [
         "",
         f"The framework runs at {min(ratios):.3f}-{max(ratios):.3f} of the hand loop's speed by "
