@@ -39,6 +39,12 @@ class FullSoftmax(nn.Linear):
     """softmax(W_y h + b_y): an ``nn.Linear`` (so weights tie with the embedding, and checkpoints
     keep the ``output.weight``/``output.bias`` names)."""
 
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> logits [..., V] as one 2-D product: on a CPU, ``linear`` of a 3-D input
+        is a matmul plus a separate broadcast bias add (slow in bf16), of a 2-D one a single
+        ``addmm`` with the bias fused."""
+        return super().forward(h.reshape(-1, h.size(-1))).view(*h.shape[:-1], -1)
+
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self(h).float(), dim=-1)  # [..., V]
 
