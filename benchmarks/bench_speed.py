@@ -402,7 +402,9 @@ def run(quick: bool = False) -> str:
         "the carried state is bf16 too); the loss reads the bf16 logits a block of rows at a "
         "time and computes in float32 (`models/softmax.py`, `logits_nll`), where the hand loop "
         "converts all [N, V] logits to float32 first; the embedding and optimizer updates do "
-        "not speed up.",
+        "not speed up. The output layer is one 2-D `addmm` with its bias fused in both loops: a "
+        "3-D `linear` on the CPU adds the bias in a separate broadcast pass, which in bf16 cost "
+        "as much as the product itself.",
     ]
     kind = "CUDA allocations" if torch.cuda.is_available() else "resident-set growth"
     lines += [
