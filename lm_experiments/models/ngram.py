@@ -582,25 +582,30 @@ def _reusing_freed_memory(num_tokens: int):
     """
     large = num_tokens > 2**20  # temporaries of 8 MB and more; the default corpora are smaller
     user_tuned = any(k.startswith("MALLOC_") for k in os.environ)
-    try:
-        libc = ctypes.CDLL("libc.so.6") if large and not user_tuned else None
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
-        libc = None
+    libc = _glibc() if large and not user_tuned else None
     if libc is None or not _ALLOCATOR_LOCK.acquire(blocking=False):
         yield  # small corpus, not glibc, user-tuned, or another estimation is running
         return
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
     try:
-        mallopt(M_MMAP_MAX, 0)
-        mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
         yield
     finally:
-        mallopt(M_MMAP_MAX, 65536)  # glibc's default
-        mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
-        mallopt(M_TRIM_THRESHOLD, 64 * 2**20)
-        malloc_trim(0)
+        libc.mallopt(M_MMAP_MAX, 65536)  # glibc's default
+        libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+        libc.mallopt(M_TRIM_THRESHOLD, 64 * 2**20)
+        libc.malloc_trim(0)
         _ALLOCATOR_LOCK.release()
+
+
+def _glibc():
+    """The C library if it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def benchmark(train_stream, vocab_size: int, held_out=None, order: int = 5, repeat: int = 3):

@@ -58,7 +58,7 @@ def logits_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     flat, flat_targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)  # [N, V], [N]
     if logits.device.type == "cpu" and logits.dtype != torch.float64:
         nll = _RowBlockNLL.apply(flat, flat_targets)
-    else:  # one fused kernel on a GPU
+    else:  # one fused kernel on a GPU (and float64 as it is)
         nll = F.cross_entropy(
             flat.float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="none"
         )
@@ -81,28 +81,27 @@ class _RowBlockNLL(torch.autograd.Function):
     def forward(ctx, logits, targets):
         ignored = targets == IGNORE_INDEX
         targets = targets.masked_fill(ignored, 0)
-        rows = max(1, _RowBlockNLL.BLOCK // max(1, logits.size(1)))
+        ctx.rows = rows = max(1, _RowBlockNLL.BLOCK // max(1, logits.size(1)))
         lse = torch.empty(logits.size(0), dtype=torch.float32)  # [N]
         for start in range(0, logits.size(0), rows):
             lse[start : start + rows] = torch.logsumexp(logits[start : start + rows].float(), 1)
-        nll = lse - logits.gather(1, targets[:, None]).squeeze(1).float()
-        ctx.save_for_backward(logits, targets, ignored, lse)
-        return nll.masked_fill_(ignored, 0.0)
+        nll = lse - logits.gather(1, targets[:, None]).squeeze(1).float()  # [N]
+        ctx.save_for_backward(logits, targets, ignored, lse, nll)
+        return nll.masked_fill(ignored, 0.0)
 
     @staticmethod
     @once_differentiable  # the gradient itself is not differentiated (no double backward)
     def backward(ctx, grad_nll):
-        logits, targets, ignored, lse = ctx.saved_tensors
+        logits, targets, ignored, lse, nll = ctx.saved_tensors
         g = grad_nll.float().masked_fill(ignored, 0.0)  # [N]
         grad = torch.empty_like(logits)  # [N, V], in the logits' dtype
-        rows = max(1, _RowBlockNLL.BLOCK // max(1, logits.size(1)))
-        for start in range(0, logits.size(0), rows):
-            block = slice(start, start + rows)
+        for start in range(0, logits.size(0), ctx.rows):
+            block = slice(start, start + ctx.rows)
             softmax = torch.exp(logits[block].float() - lse[block, None])  # [rows, V]
             grad[block] = softmax.mul_(g[block, None])
-        # the target's entry, (softmax - 1) * g, in float32: subtracting in bf16 would cancel
-        p_target = torch.exp(logits.gather(1, targets[:, None]).squeeze(1).float() - lse)
-        grad[torch.arange(logits.size(0)), targets] = ((p_target - 1) * g).to(grad.dtype)
+        # the target's entry, (p_target - 1) * g with p_target = exp(-nll), in float32:
+        # subtracting in bf16 would cancel
+        grad[torch.arange(logits.size(0)), targets] = ((torch.exp(-nll) - 1) * g).to(grad.dtype)
         return grad, None
 
 
