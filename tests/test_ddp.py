@@ -1,10 +1,12 @@
-"""Real DDP (two CPU processes, gloo) through the command line, as a user runs it.
+"""Real DDP (two CPU processes, gloo) through the command line, as a user runs it, for every
+model family.
 
 One process with batch 2b and two with batch b each must be the same training, step by step,
-for the window layout (NNLM) and the column layout (RNNLM); evaluating a checkpoint on two
-processes must give one process's perplexity and token count; and ``-m`` sweeps of DDP jobs must
-run each job once, in its own directory (Lightning's launcher re-runs the command line); and a
-SIGTERM to rank 0 must stop every rank with one checkpoint that resumes exactly.
+for the window layout (NNLM) and the column layout (RNNLM, stacked RNN, biRNN); the n-gram's two
+ranks must merge their counts into one process's model; evaluating a checkpoint on two processes
+must give one process's perplexity and token count; ``-m`` sweeps of DDP jobs must run each job
+once, in its own directory (Lightning's launcher re-runs the command line); and a SIGTERM to
+rank 0 must stop every rank with one checkpoint that resumes exactly.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ TRAIN = [
     "model.dropout=0.0",  # dropout masks are drawn per rank: they cannot match one process's
 ]
 DDP = ["trainer=ddp_cpu", "trainer.devices=2"]
-MODELS = ["nnlm", "rnnlm"]
+MODELS = ["nnlm", "rnnlm", "stacked_rnn", "birnn"]  # one -m sweep (they share the overrides)
 
 
 def step_losses(run_dir: Path) -> list[float]:
@@ -51,7 +53,7 @@ def step_losses(run_dir: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def ddp_sweep(tmp_path_factory, toy_corpus):
-    """One ``-m`` sweep of two DDP training jobs (nnlm, rnnlm), each on two processes."""
+    """One ``-m`` sweep of DDP training jobs, one per neural family, each on two processes."""
     root = tmp_path_factory.mktemp("ddp_sweep")
     result = run_cli(
         [
@@ -73,7 +75,7 @@ def ddp_sweep(tmp_path_factory, toy_corpus):
 def test_sweep_of_ddp_jobs_runs_each_job_once_in_its_own_directory(ddp_sweep):
     root, _ = ddp_sweep
     jobs = sorted(p for p in (root / "sweep").iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0", "1"]  # a child re-running the sweep would add more
+    assert sorted(p.name for p in jobs) == sorted(map(str, range(len(MODELS))))  # no re-runs
     for job, model in zip(jobs, MODELS, strict=True):
         metrics = json.loads((job / "metrics.json").read_text())
         assert metrics["model"] == model
@@ -101,13 +103,43 @@ def test_two_processes_of_batch_b_train_as_one_of_batch_2b(
     assert two["val/ppl"] == pytest.approx(one["val/ppl"], rel=1e-5)
 
 
+def test_ngram_ranks_merge_their_counts_into_the_one_process_model(tmp_path, cache_dir, toy_corpus):
+    """Each rank counts its own columns and the ranks gather them before estimating, so two
+    processes estimate exactly one process's model: same size, same perplexity on every split
+    (the training split included, which each rank scores on its own columns)."""
+    run = [
+        "model=ngram",
+        "model.order=4",
+        *toy_overrides(toy_corpus),
+        *FAST,
+        "dataset.batch_size=8",
+        "dataset.eval_batch_size=6",
+    ]
+    one = train(compose_config(run, tmp_path / "one", cache_dir))
+    result = run_cli(
+        [*run, *DDP, f"hydra.run.dir={tmp_path}/two", f"paths.cache_dir={cache_dir}"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for key in ("params", "train/tokens", "train/ppl", "val/ppl", "val/tokens", "test/ppl"):
+        assert two[key] == pytest.approx(one[key], rel=1e-9), key  # one rank's half differs
+    n_train = sum(
+        len(line.split()) + 1
+        for line in toy_corpus["train"].read_text().splitlines()
+        if line.strip()
+    )
+    assert two["train/tokens"] == n_train  # the ranks' columns cover the split exactly once
+
+
+@pytest.mark.parametrize("model", ["rnnlm", "birnn"])  # the biRNN: its epoch-end backward pass
 def test_evaluating_a_checkpoint_on_two_processes_equals_one(
-    ddp_sweep, tmp_path, cache_dir, toy_corpus
+    ddp_sweep, model, tmp_path, cache_dir, toy_corpus
 ):
     root, _ = ddp_sweep
-    ckpt = root / "sweep" / str(MODELS.index("rnnlm")) / "checkpoints" / "last.ckpt"
+    ckpt = root / "sweep" / str(MODELS.index(model)) / "checkpoints" / "last.ckpt"
     evaluate = [
-        "model=rnnlm",
+        f"model={model}",
         *toy_overrides(toy_corpus),
         *FAST,
         "model.hidden_dim=24",
@@ -124,7 +156,10 @@ def test_evaluating_a_checkpoint_on_two_processes_equals_one(
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     for stage in ("val", "test"):
         assert two[f"{stage}/tokens"] == one[f"{stage}/tokens"]
-        assert two[f"{stage}/ppl"] == pytest.approx(one[f"{stage}/ppl"], rel=1e-6)
+        ppl = [key for key in one if key.startswith(f"{stage}/ppl")]  # biRNN: each direction's too
+        assert len(ppl) >= (3 if model == "birnn" else 1)
+        for key in ppl:
+            assert two[key] == pytest.approx(one[key], rel=1e-6), key
     n_test = sum(
         len(line.split()) + 1
         for line in toy_corpus["test"].read_text().splitlines()

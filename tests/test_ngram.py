@@ -498,30 +498,6 @@ def test_a_run_stopped_inside_the_counting_pass_resumes_exactly(tmp_path, cache_
         assert resumed[key] == pytest.approx(whole[key], rel=1e-9), key
 
 
-def test_ddp_ranks_merge_their_counts_before_estimating(monkeypatch):
-    """Each rank counts its own columns; the estimate uses every rank's (gathered). Two ranks are
-    played in this process by standing in for torch.distributed's all_gather_object (a real
-    2-process run: ``trainer=ddp_cpu`` gives the single-process perplexities exactly)."""
-    _, targets = ColumnBatches(STREAM, 6, bptt=100_000)[0]
-    columns = targets.numpy().astype(np.int32)  # [6, T]: each column a run of whole sentences
-    ranks = [NGramLM(V, order=4) for _ in range(2)]
-    for rank, lm in enumerate(ranks):
-        lm._columns, lm._counting = [columns[rank * 3 : rank * 3 + 3]], True
-    distributed = torch.distributed
-    monkeypatch.setattr(distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(distributed, "get_world_size", lambda: 2)
-
-    def all_gather_object(out, mine):  # what every rank receives: all ranks' objects
-        out[:] = [lm._local_columns() for lm in ranks]
-
-    monkeypatch.setattr(distributed, "all_gather_object", all_gather_object)
-    single = train_ngram(STREAM, V, 4)
-    for lm in ranks:
-        model = lm.estimated()
-        for n in range(1, 5):
-            np.testing.assert_array_equal(model.logprob[n], single.logprob[n])
-
-
 def test_export_cli_writes_the_checkpoint_as_an_arpa_file_kenlm_reads(
     tmp_path, cache_dir, toy_corpus
 ):

@@ -124,10 +124,13 @@ class LanguageModel(L.LightningModule):
         if not windows:
             self._state[stage] = self.detach_state(state)
         mask = targets != IGNORE_INDEX
-        nll_sum = nll.float().masked_fill(~mask, 0.0).sum()
+        nll = nll.masked_fill(~mask, 0.0)  # [B, T]
+        nll_sum = nll.float().sum()  # the loss's sum (float32, differentiable)
         tokens = mask.sum()
         zero_prob = (torch.isinf(nll) & mask).sum()
-        getattr(self, f"{stage}_ppl").update(nll_sum, tokens, zero_prob)
+        # the perplexity's sum adds the tokens' NLLs in float64, so it does not depend on how a
+        # split is cut into batches or ranks (a float32 batch sum would, in its 7th digit)
+        getattr(self, f"{stage}_ppl").update(nll.detach().double().sum(), tokens, zero_prob)
         return nll_sum, tokens
 
     def training_step(self, batch, batch_idx):
