@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint format bench sweep clean
+.PHONY: install train test test-gpu lint format bench sweep clean
 
 # (Re)install when pyproject.toml changes; torch==2.13.0 resolves to the local CPU wheel.
 $(STAMP): pyproject.toml
@@ -30,6 +30,10 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# On a machine with a CUDA GPU (two or more for the DDP check): the GPU paths of every family.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest tests/test_gpu.py -rs $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(ARGS)

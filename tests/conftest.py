@@ -12,12 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -104,6 +106,27 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]
+
+
+class TrainingSpy(L.Callback):
+    """Records where training ran: the device of the parameters and the dtype each Linear layer
+    produces in training steps (evaluation outside a step, e.g. the biRNN's epoch-end backward
+    pass, runs without autocast). Add it with ``SPY``; read it after ``train()`` returns."""
+
+    devices: set = set()  # class-level: Hydra instantiates the callback, the test reads these
+    dtypes: set = set()
+
+    def on_train_start(self, trainer, pl_module):
+        TrainingSpy.devices = {p.device.type for p in pl_module.parameters()}
+        TrainingSpy.dtypes = set()
+        for module in pl_module.modules():
+            if isinstance(module, nn.Linear):
+                module.register_forward_hook(
+                    lambda m, i, out: TrainingSpy.dtypes.add(out.dtype) if m.training else None
+                )
+
+
+SPY = ["+callbacks.spy._target_=tests.conftest.TrainingSpy"]
 
 
 def run_cli(args: list[str], cwd: Path, module: str = "lm_experiments", timeout: int = 240):

@@ -132,41 +132,60 @@ def test_ngram_ranks_merge_their_counts_into_the_one_process_model(tmp_path, cac
     assert two["train/tokens"] == n_train  # the ranks' columns cover the split exactly once
 
 
+def assert_two_processes_evaluate_as_one(
+    model: str,
+    ckpt: str | Path,
+    overrides: list[str],
+    one: list[str],
+    two: list[str],
+    run_dir: Path,
+    cache: Path,
+    toy_corpus: dict[str, Path],
+) -> None:
+    """Evaluate ``ckpt`` in one process (trainer overrides ``one``) and, from the command line,
+    in two (``two``): the same tokens, the same perplexities (each biRNN direction's too), the
+    test split covered exactly once, and one report. Also run on GPUs by tests/test_gpu.py."""
+    evaluate = [
+        f"model={model}",
+        *toy_overrides(toy_corpus),
+        *overrides,
+        "train=false",
+        f"ckpt_path={ckpt}",
+        "dataset.eval_batch_size=6",  # 3 columns on each of the two processes
+    ]
+    single = train(compose_config([*evaluate, *one], run_dir / "one", cache))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = run_cli(
+        [*evaluate, *two, f"hydra.run.dir={run_dir}/two", f"paths.cache_dir={cache}"],
+        cwd=run_dir,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    double = json.loads((run_dir / "two" / "metrics.json").read_text())
+    for stage in ("val", "test"):
+        assert double[f"{stage}/tokens"] == single[f"{stage}/tokens"]
+        ppl = [key for key in single if key.startswith(f"{stage}/ppl")]  # biRNN: each direction
+        assert len(ppl) >= (3 if model == "birnn" else 1)
+        for key in ppl:
+            assert double[key] == pytest.approx(single[key], rel=1e-6), key
+    n_test = sum(
+        len(line.split()) + 1
+        for line in toy_corpus["test"].read_text().splitlines()
+        if line.strip()
+    )
+    assert double["test/tokens"] == n_test  # the ranks' columns cover the split exactly once
+    assert result.stdout.count("test perplexity:") == 1  # rank 0 reports, rank 1 is silent
+
+
 @pytest.mark.parametrize("model", ["rnnlm", "birnn"])  # the biRNN: its epoch-end backward pass
 def test_evaluating_a_checkpoint_on_two_processes_equals_one(
     ddp_sweep, model, tmp_path, cache_dir, toy_corpus
 ):
     root, _ = ddp_sweep
     ckpt = root / "sweep" / str(MODELS.index(model)) / "checkpoints" / "last.ckpt"
-    evaluate = [
-        f"model={model}",
-        *toy_overrides(toy_corpus),
-        *FAST,
-        "model.hidden_dim=24",
-        "train=false",
-        f"ckpt_path={ckpt}",
-        "dataset.eval_batch_size=6",  # 3 columns on each of the two processes
-    ]
-    one = train(compose_config(evaluate, tmp_path / "one", cache_dir))
-    result = run_cli(
-        [*evaluate, *DDP, f"hydra.run.dir={tmp_path}/two", f"paths.cache_dir={cache_dir}"],
-        cwd=tmp_path,
+    overrides = [*FAST, "model.hidden_dim=24"]
+    assert_two_processes_evaluate_as_one(
+        model, ckpt, overrides, [], DDP, tmp_path, cache_dir, toy_corpus
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    for stage in ("val", "test"):
-        assert two[f"{stage}/tokens"] == one[f"{stage}/tokens"]
-        ppl = [key for key in one if key.startswith(f"{stage}/ppl")]  # biRNN: each direction's too
-        assert len(ppl) >= (3 if model == "birnn" else 1)
-        for key in ppl:
-            assert two[key] == pytest.approx(one[key], rel=1e-6), key
-    n_test = sum(
-        len(line.split()) + 1
-        for line in toy_corpus["test"].read_text().splitlines()
-        if line.strip()
-    )
-    assert two["test/tokens"] == n_test  # the ranks' columns cover the split exactly once
-    assert result.stdout.count("test perplexity:") == 1  # rank 0 reports, rank 1 is silent
 
 
 def test_sigterm_to_rank_zero_stops_every_rank_with_a_checkpoint_that_resumes_exactly(

@@ -3,15 +3,13 @@ and the loss and the perplexity sums stay float32/float64, so perplexity moves b
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
-from torch import nn
 
 from lm_experiments.data.vocab import IGNORE_INDEX
 from lm_experiments.models.rnnlm import RNNLM
 from lm_experiments.train import train
-from tests.conftest import FAST, compose_config, toy_overrides
+from tests.conftest import FAST, SPY, TrainingSpy, compose_config, toy_overrides
 
 NEURAL = ["rnnlm", "lstm", "stacked_rnn", "nnlm", "birnn"]
 SMALL = [
@@ -24,31 +22,15 @@ SMALL = [
 ]
 
 
-class LinearOutputDtypes(L.Callback):
-    """Records the dtypes that the model's Linear layers produce in training steps (evaluation
-    work outside a step, e.g. the biRNN's epoch-end backward pass, runs without autocast)."""
-
-    seen: set = set()  # class-level: read by the test after train() returns
-
-    def on_train_start(self, trainer, pl_module):
-        LinearOutputDtypes.seen = set()
-        for module in pl_module.modules():
-            if isinstance(module, nn.Linear):
-                module.register_forward_hook(
-                    lambda m, i, out: self.seen.add(out.dtype) if m.training else None
-                )
-
-
 @pytest.mark.parametrize("model", NEURAL)
 def test_bf16_mixed_training_matches_fp32_within_rounding(model, tmp_path, cache_dir, toy_corpus):
-    spy = ["+callbacks.spy._target_=tests.test_precision.LinearOutputDtypes"]
     results = {}
     for precision in ("32-true", "bf16-mixed"):
-        overrides = [f"model={model}", *toy_overrides(toy_corpus), *FAST, *SMALL, *spy]
+        overrides = [f"model={model}", *toy_overrides(toy_corpus), *FAST, *SMALL, *SPY]
         overrides.append(f"trainer.precision={precision}")
         results[precision] = train(compose_config(overrides, tmp_path / precision, cache_dir))
         dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
-        assert LinearOutputDtypes.seen == {dtype}  # autocast did (or did not) run in bf16
+        assert TrainingSpy.dtypes == {dtype}  # autocast did (or did not) run in bf16
     fp32, bf16 = results["32-true"], results["bf16-mixed"]
     for key in ("val/tokens", "test/tokens", "train/tokens"):
         assert bf16[key] == fp32[key]
