@@ -38,6 +38,8 @@ def wandb_records(path: Path):
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if len(chunk) < length:  # read while wandb-core is writing it: the rest comes later
+            return
         if kind in (FULL, LAST):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending + chunk)
