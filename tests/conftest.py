@@ -115,14 +115,21 @@ class TrainingSpy(L.Callback):
 
     devices: set = set()  # class-level: Hydra instantiates the callback, the test reads these
     dtypes: set = set()
+    rnn_dtypes: set = set()  # of the recurrent layers' outputs
 
     def on_train_start(self, trainer, pl_module):
         TrainingSpy.devices = {p.device.type for p in pl_module.parameters()}
-        TrainingSpy.dtypes = set()
+        TrainingSpy.dtypes, TrainingSpy.rnn_dtypes = set(), set()
         for module in pl_module.modules():
             if isinstance(module, nn.Linear):
                 module.register_forward_hook(
                     lambda m, i, out: TrainingSpy.dtypes.add(out.dtype) if m.training else None
+                )
+            elif isinstance(module, nn.RNNBase):  # output: (h [B, T, H], state)
+                module.register_forward_hook(
+                    lambda m, i, out: (
+                        TrainingSpy.rnn_dtypes.add(out[0].dtype) if m.training else None
+                    )
                 )
 
 

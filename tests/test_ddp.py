@@ -103,6 +103,28 @@ def test_two_processes_of_batch_b_train_as_one_of_batch_2b(
     assert two["val/ppl"] == pytest.approx(one["val/ppl"], rel=1e-5)
 
 
+def test_adaptive_softmax_trains_on_two_processes_as_on_one(tmp_path, cache_dir, toy_corpus):
+    """A rank whose batch has no target in some tail cluster must still run that tail (on no
+    rows): DDP needs every parameter in every rank's backward pass."""
+    run = [
+        "model=nnlm",
+        "model.softmax=adaptive",
+        *toy_overrides(toy_corpus),
+        *FAST,
+        *TRAIN,
+        "dataset.batch_size=4",  # 2 windows a rank: most steps leave a tail without targets
+    ]
+    one = train(compose_config(run, tmp_path / "one", cache_dir))
+    result = run_cli(
+        [*run, *DDP, f"hydra.run.dir={tmp_path}/two", f"paths.cache_dir={cache_dir}"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert step_losses(tmp_path / "two") == pytest.approx(step_losses(tmp_path / "one"), rel=1e-5)
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["val/ppl"] == pytest.approx(one["val/ppl"], rel=1e-5)
+
+
 def test_ngram_ranks_merge_their_counts_into_the_one_process_model(tmp_path, cache_dir, toy_corpus):
     """Each rank counts its own columns and the ranks gather them before estimating, so two
     processes estimate exactly one process's model: same size, same perplexity on every split

@@ -148,6 +148,26 @@ def test_shuffled_windows_resume_mid_epoch_exactly(tmp_path, toy_corpus, cache_d
     assert_same_run(resumed, reference)
 
 
+def test_a_mid_epoch_checkpoint_resumes_in_another_precision(tmp_path, toy_corpus, cache_dir):
+    """The hidden state carried into the next batch is saved as autocast left it (bf16 under
+    bf16-mixed); resumed in 32-true (or on another device) it must still feed the LSTM, and the
+    run end as well as the bf16 run would have."""
+    bf16 = [*run_overrides(toy_corpus), "trainer.max_epochs=1", "trainer.precision=bf16-mixed"]
+    stop = ["+callbacks.interrupt._target_=tests.test_fault_tolerance.SignalAt"]
+    with pytest.raises(RunInterrupted) as stopped:
+        train(
+            compose_config([*bf16, *stop, "+callbacks.interrupt.steps=[50]"], tmp_path, cache_dir)
+        )
+    saved = read_checkpoint(stopped.value.ckpt_path)["carried"]["ranks"][0]["state"]
+    assert {x.dtype for x in saved} == {torch.bfloat16}  # (h, c) as the LSTM returned them
+    fp32 = [*bf16[:-1], "trainer.precision=32-true"]
+    resumed = resume(fp32, stopped.value.ckpt_path, tmp_path / "fp32", cache_dir)
+    whole = train(compose_config(bf16, tmp_path / "whole", cache_dir))
+    assert resumed["train/tokens"] == whole["train/tokens"]
+    for key in ("val/ppl", "test/ppl"):  # the last 66 steps in fp32 instead of bf16
+        assert resumed[key] == pytest.approx(whole[key], rel=0.03), key
+
+
 def test_resuming_an_end_of_epoch_last_ckpt_continues_exactly(
     tmp_path, toy_corpus, cache_dir, uninterrupted
 ):

@@ -3,9 +3,13 @@ every test here skips, and nothing else in the suite needs one.
 
 On one GPU, every neural family trains in 32-true, bf16-mixed and 16-mixed, on the GPU, scoring
 the same tokens as on the CPU, to the CPU's perplexity within rounding; a checkpoint trained on
-the GPU evaluates to the same perplexity on the CPU; greedy generation on the GPU writes the
-CPU's sentences; the n-gram runs under ``trainer=gpu`` to the CPU's perplexity exactly. With two
-or more GPUs, ``trainer=ddp`` (NCCL) evaluates a checkpoint to one GPU's perplexity.
+the GPU evaluates to the same perplexity on the CPU; a run stopped mid-epoch on the GPU resumes
+on the GPU and on the CPU; greedy generation on the GPU writes the CPU's sentences; the n-gram
+runs under ``trainer=gpu`` to the CPU's perplexity exactly. With two or more GPUs,
+``trainer=ddp`` (NCCL) evaluates a checkpoint to one GPU's perplexity.
+
+Dropout is off (CUDA draws other masks than the CPU) and so is TF32 in cuDNN (on by default for
+float32 RNNs): only then is a GPU run the CPU's run up to rounding.
 
 ``LM_TEST_ACCELERATOR=cpu`` runs the same checks with the CPU in the GPU's place (``trainer=cpu``,
 ``ddp_cpu``; Lightning turns 16-mixed into bf16-mixed there): that is how these tests were tested
@@ -21,9 +25,11 @@ import torch
 
 from lm_experiments.data.vocab import EOS_ID
 from lm_experiments.generate import load_model
+from lm_experiments.resilience import RunInterrupted
 from lm_experiments.train import train
 from tests.conftest import FAST, SPY, TrainingSpy, compose_config, toy_overrides
 from tests.test_ddp import assert_two_processes_evaluate_as_one
+from tests.test_fault_tolerance import SignalAt
 from tests.test_precision import NEURAL, SMALL
 
 ACCELERATOR = os.environ.get("LM_TEST_ACCELERATOR", "gpu")
@@ -44,6 +50,23 @@ LOWER = {
     "bf16-mixed": torch.bfloat16,
     "16-mixed": torch.float16 if DEVICE_TYPE == "cuda" else torch.bfloat16,
 }
+# and of a recurrent layer's: under bf16 autocast on CUDA the recurrence runs in float32
+# (models/rnnlm.py, ``recurrence``: CUDA autocast would run cuDNN RNNs in fp16)
+RECURRENT = {
+    **LOWER,
+    "bf16-mixed": torch.float32 if DEVICE_TYPE == "cuda" else torch.bfloat16,
+}
+SMALL = [*SMALL, "model.dropout=0.0"]
+MODEL_SIZE = [o for o in SMALL if o.startswith("model.")]  # to load a checkpoint of these
+STOP = [f"+callbacks.interrupt._target_={SignalAt.__module__}.SignalAt"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_tf32():
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # float32 RNNs in float32
+    yield
+    torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +91,8 @@ def test_every_neural_family_trains_on_the_device_in_every_precision(
     metrics = train(compose_config([*overrides, f"trainer.precision={precision}"], tmp_path, cache))
     assert TrainingSpy.devices == {DEVICE_TYPE}
     assert TrainingSpy.dtypes == {LOWER[precision]}  # autocast ran the layers in that precision
+    recurrent = variant[0] != "model=nnlm"
+    assert TrainingSpy.rnn_dtypes == ({RECURRENT[precision]} if recurrent else set())
     cpu = reference[name]
     for key in ("train/tokens", "val/tokens", "test/tokens"):
         assert metrics[key] == cpu[key], key  # the same tokens scored
@@ -84,7 +109,7 @@ def test_every_neural_family_trains_on_the_device_in_every_precision(
         *variant,
         *toy_overrides(toy_corpus),
         *QUIET,
-        *[o for o in SMALL if o.startswith("model.")],
+        *MODEL_SIZE,
         *ON_CPU,
         "train=false",
         f"ckpt_path={metrics['best_checkpoint']}",
@@ -93,6 +118,26 @@ def test_every_neural_family_trains_on_the_device_in_every_precision(
     tolerance = 1e-3 if precision == "32-true" else 0.02  # the device's number was autocast's
     for key in ("val/ppl", "test/ppl"):
         assert on_cpu[key] == pytest.approx(metrics[key], rel=tolerance), key
+
+
+def test_a_run_stopped_mid_epoch_on_the_device_resumes_on_the_device_and_on_the_cpu(
+    cpu_runs, tmp_path, toy_corpus
+):
+    """The carried LSTM state in the checkpoint is restored before Lightning moves the model to
+    the device; it must follow the model there (and stay usable on the CPU)."""
+    _, cache = cpu_runs
+    run = ["model=lstm", *toy_overrides(toy_corpus), *QUIET, *SMALL, "trainer.max_epochs=2"]
+    whole = train(compose_config([*run, *ON_DEVICE], tmp_path / "whole", cache))
+    stop_in_epoch_1 = [*STOP, "+callbacks.interrupt.steps=[80]"]  # 60 steps an epoch
+    with pytest.raises(RunInterrupted) as stopped:
+        train(compose_config([*run, *ON_DEVICE, *stop_in_epoch_1], tmp_path / "cut", cache))
+    ckpt = stopped.value.ckpt_path
+    for where in (ON_DEVICE, ON_CPU):
+        folder = tmp_path / where[0].replace("=", "_")
+        resumed = train(compose_config([*run, *where, f"ckpt_path={ckpt}"], folder, cache))
+        assert resumed["train/tokens"] == whole["train/tokens"]
+        for key in ("val/ppl", "test/ppl"):  # rounding only (CUDA kernels are not bitwise stable)
+            assert resumed[key] == pytest.approx(whole[key], rel=5e-3), (where, key)
 
 
 def test_greedy_generation_on_the_device_writes_the_cpus_sentences(cpu_runs):
@@ -124,7 +169,7 @@ def test_ddp_on_two_devices_evaluates_a_checkpoint_as_one(cpu_runs, tmp_path, to
         assert_two_processes_evaluate_as_one(
             model,
             reference[model]["best_checkpoint"],
-            [*QUIET, *[o for o in SMALL if o.startswith("model.")]],
+            [*QUIET, *MODEL_SIZE],
             ON_DEVICE,
             ddp,
             tmp_path / model,

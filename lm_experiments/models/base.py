@@ -30,6 +30,21 @@ from lm_experiments.models.softmax import logits_nll
 from lm_experiments.resilience import gather_per_rank, training_position
 
 
+def carried(state, device: torch.device):
+    """A state carried from the last batch, ready for the next: on the batch's device (a resumed
+    one is restored before Lightning moves the model to its GPU), floating tensors in float32
+    (autocast may have returned them in bf16/fp16; it casts them again if the layer wants that,
+    and a checkpoint saved under one precision resumes under another)."""
+    return tree_map(
+        lambda x: (
+            x.to(device, torch.float32 if x.is_floating_point() else x.dtype)
+            if isinstance(x, torch.Tensor)
+            else x
+        ),
+        state,
+    )
+
+
 class CorpusPerplexity(Metric):
     """exp(sum of NLL / number of scored tokens); its sums add up across DDP ranks.
 
@@ -120,6 +135,8 @@ class LanguageModel(L.LightningModule):
         state = self._state.get(stage)
         if state is None or windows:  # shuffled windows carry nothing from batch to batch
             state = self.init_state(inputs.size(0))
+        else:
+            state = carried(state, inputs.device)
         nll, state = self.token_nll(inputs, targets, state)
         if not windows:
             self._state[stage] = self.detach_state(state)
@@ -273,9 +290,7 @@ class LanguageModel(L.LightningModule):
                 "accordingly, or resume from an end-of-epoch checkpoint"
             )
         mine = ranks[self.trainer.global_rank]
-        self._state["train"] = tree_map(
-            lambda x: x.to(self.device) if isinstance(x, torch.Tensor) else x, mine["state"]
-        )
+        self._state["train"] = mine["state"]  # to the model's device at its first batch
         metrics = dict(self.named_modules())
         for name, (nll_sum, tokens) in mine["sums"].items():
             metrics[name].nll_sum, metrics[name].tokens = (

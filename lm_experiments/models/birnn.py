@@ -58,7 +58,7 @@ from torch import nn
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX
 from lm_experiments.errors import UserError
 from lm_experiments.models.base import CorpusPerplexity, LanguageModel
-from lm_experiments.models.rnnlm import CELLS
+from lm_experiments.models.rnnlm import CELLS, recurrence
 from lm_experiments.models.softmax import output_layer
 
 STAGES = ("train", "val", "test")
@@ -154,7 +154,7 @@ class BiRNNLM(LanguageModel):
         """One LM's RNN over inputs [B, T] -> (its top layer [B, T, H] after dropout, state)."""
         if state is None:
             state = self.init_state(inputs.size(0))
-        h, state = rnn(self.drop(embedding(inputs)), state)  # [B, T, H]
+        h, state = recurrence(rnn, self.drop(embedding(inputs)), state)  # [B, T, H]
         return self.drop(h), state
 
     def forward(self, inputs: torch.Tensor, state=None):

@@ -21,12 +21,30 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from lm_experiments.errors import UserError
 from lm_experiments.models.base import LanguageModel
 from lm_experiments.models.softmax import output_layer
 
 CELLS = {"rnn_tanh": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def recurrence(rnn: nn.RNNBase, x: torch.Tensor, state):
+    """``rnn(x, state)``; in float32 when autocast asks a CUDA device for bf16.
+
+    CUDA's autocast runs a cuDNN RNN in fp16 whatever dtype it was given (ATen's
+    cudnn/AutocastRNN.cpp), and bf16-mixed has no GradScaler to keep fp16 gradients from
+    underflowing. The recurrence then runs in float32 (TF32 tensor cores on Ampere and newer) and
+    the output layer, where most of the FLOPs are, in bf16. On a CPU, bf16 autocast is bf16."""
+    if (
+        x.is_cuda
+        and torch.is_autocast_enabled("cuda")
+        and torch.get_autocast_dtype("cuda") == torch.bfloat16
+    ):
+        with torch.autocast("cuda", enabled=False):
+            return rnn(x.float(), tree_map(lambda t: t.float(), state))
+    return rnn(x, state)
 
 
 class RNNLM(LanguageModel):
@@ -80,7 +98,7 @@ class RNNLM(LanguageModel):
         if state is None:
             state = self.init_state(inputs.size(0))
         e = self.drop(self.embedding(inputs))  # [B, T, M]
-        h, state = self.rnn(e, state)  # [B, T, H]; state: the last step's hidden state
+        h, state = recurrence(self.rnn, e, state)  # [B, T, H]; state: the last step's
         return self.drop(h), state
 
     def forward(self, inputs: torch.Tensor, state=None):

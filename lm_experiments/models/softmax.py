@@ -163,8 +163,8 @@ class AdaptiveSoftmax(nn.AdaptiveLogSoftmaxWithLoss):
         logp = head.gather(1, entry[:, None]).squeeze(1)  # [N]
         for i, tail in enumerate(self.tail):
             rows = (cluster == i).nonzero().squeeze(1)  # positions whose target is in C_i
-            if rows.numel() == 0:
-                continue
+            if rows.numel() == 0 and not torch.is_grad_enabled():
+                continue  # (in training it runs on no rows: DDP needs it in every backward)
             within = F.log_softmax(tail(flat[rows]).float(), dim=-1)  # [n_i, |C_i|]
             word = (t[rows] - self.cutoffs[i])[:, None]
             logp = logp.index_add(0, rows, within.gather(1, word).squeeze(1))
