@@ -7,7 +7,7 @@ across families so that their perplexities are comparable:
 * the NLL sum (float64) and the count of scored tokens per split, summed over batches and DDP
   ranks; perplexity = exp(sum NLL / scored tokens) -- never a mean of per-batch perplexities;
 * the carried state: reset at the start of every epoch of every stage, detached between batches
-  (truncated BPTT);
+  (truncated BPTT), handed to the next batch on its device in float32 (``carried``);
 * logging, the vocabulary in checkpoints, and generation.
 """
 
