@@ -70,6 +70,12 @@ def toy_corpus(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+def scored_tokens(path: Path) -> int:
+    """The tokens every model scores in a text file: its words and one <eos> a non-empty line."""
+    lines = path.read_text().splitlines()
+    return sum(len(line.split()) + 1 for line in lines if line.strip())
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("datasets_cache")

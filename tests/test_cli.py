@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import FAST, run_cli, toy_overrides
+from tests.conftest import FAST, run_cli, scored_tokens, toy_overrides
 
 REQUIRED_METRICS = {
     "model",
@@ -45,12 +45,7 @@ def test_run_writes_metrics_and_prints_test_perplexity(trained_run, toy_corpus):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) >= REQUIRED_METRICS
     assert metrics["model"] == "rnnlm" and metrics["dataset"] == "text"
-    n_test = sum(
-        len(line.split()) + 1
-        for line in toy_corpus["test"].read_text().splitlines()
-        if line.strip()
-    )
-    assert metrics["test/tokens"] == n_test
+    assert metrics["test/tokens"] == scored_tokens(toy_corpus["test"])
     assert metrics["val/ppl_best"] <= metrics["val/ppl"]
     assert f"test perplexity: {metrics['test/ppl']:.3f}" in result.stdout
     assert (run_dir / "vocab.txt").read_text().split("\n")[:2] == ["<unk>", "<eos>"]

@@ -26,6 +26,7 @@ from tests.conftest import (
     compose_config,
     interrupt_cli,
     run_cli,
+    scored_tokens,
     toy_overrides,
 )
 
@@ -49,6 +50,18 @@ def step_losses(run_dir: Path) -> list[float]:
     with open(run_dir / "csv" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
     return [float(r["train/loss"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+
+
+def one_and_two_processes(run: list[str], one: list[str], two: list[str], run_dir: Path, cache):
+    """``run`` in this process (with trainer overrides ``one``) and from the command line on two
+    processes (``two``): (one's metrics, two's metrics, the command's result). Their run
+    directories: ``run_dir/one`` and ``run_dir/two``."""
+    single = train(compose_config([*run, *one], run_dir / "one", cache))  # makes run_dir
+    result = run_cli(
+        [*run, *two, f"hydra.run.dir={run_dir}/two", f"paths.cache_dir={cache}"], cwd=run_dir
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return single, json.loads((run_dir / "two" / "metrics.json").read_text()), result
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +127,8 @@ def test_adaptive_softmax_trains_on_two_processes_as_on_one(tmp_path, cache_dir,
         *TRAIN,
         "dataset.batch_size=4",  # 2 windows a rank: most steps leave a tail without targets
     ]
-    one = train(compose_config(run, tmp_path / "one", cache_dir))
-    result = run_cli(
-        [*run, *DDP, f"hydra.run.dir={tmp_path}/two", f"paths.cache_dir={cache_dir}"],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    one, two, _ = one_and_two_processes(run, [], DDP, tmp_path, cache_dir)
     assert step_losses(tmp_path / "two") == pytest.approx(step_losses(tmp_path / "one"), rel=1e-5)
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["val/ppl"] == pytest.approx(one["val/ppl"], rel=1e-5)
 
 
@@ -137,21 +144,12 @@ def test_ngram_ranks_merge_their_counts_into_the_one_process_model(tmp_path, cac
         "dataset.batch_size=8",
         "dataset.eval_batch_size=6",
     ]
-    one = train(compose_config(run, tmp_path / "one", cache_dir))
-    result = run_cli(
-        [*run, *DDP, f"hydra.run.dir={tmp_path}/two", f"paths.cache_dir={cache_dir}"],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    one, two, _ = one_and_two_processes(run, [], DDP, tmp_path, cache_dir)
     for key in ("params", "train/tokens", "train/ppl", "val/ppl", "val/tokens", "test/ppl"):
         assert two[key] == pytest.approx(one[key], rel=1e-9), key  # one rank's half differs
-    n_train = sum(
-        len(line.split()) + 1
-        for line in toy_corpus["train"].read_text().splitlines()
-        if line.strip()
-    )
-    assert two["train/tokens"] == n_train  # the ranks' columns cover the split exactly once
+    assert two["train/tokens"] == scored_tokens(
+        toy_corpus["train"]
+    )  # the ranks' columns cover the split exactly once
 
 
 def assert_two_processes_evaluate_as_one(
@@ -175,26 +173,16 @@ def assert_two_processes_evaluate_as_one(
         f"ckpt_path={ckpt}",
         "dataset.eval_batch_size=6",  # 3 columns on each of the two processes
     ]
-    single = train(compose_config([*evaluate, *one], run_dir / "one", cache))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result = run_cli(
-        [*evaluate, *two, f"hydra.run.dir={run_dir}/two", f"paths.cache_dir={cache}"],
-        cwd=run_dir,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    double = json.loads((run_dir / "two" / "metrics.json").read_text())
+    single, double, result = one_and_two_processes(evaluate, one, two, run_dir, cache)
     for stage in ("val", "test"):
         assert double[f"{stage}/tokens"] == single[f"{stage}/tokens"]
         ppl = [key for key in single if key.startswith(f"{stage}/ppl")]  # biRNN: each direction
         assert len(ppl) >= (3 if model == "birnn" else 1)
         for key in ppl:
             assert double[key] == pytest.approx(single[key], rel=1e-6), key
-    n_test = sum(
-        len(line.split()) + 1
-        for line in toy_corpus["test"].read_text().splitlines()
-        if line.strip()
-    )
-    assert double["test/tokens"] == n_test  # the ranks' columns cover the split exactly once
+    assert double["test/tokens"] == scored_tokens(
+        toy_corpus["test"]
+    )  # the ranks' columns cover the split exactly once
     assert result.stdout.count("test perplexity:") == 1  # rank 0 reports, rank 1 is silent
 
 

@@ -39,7 +39,7 @@ from lm_experiments.models.ngram import (
 )
 from lm_experiments.resilience import RunInterrupted
 from lm_experiments.train import build, train
-from tests.conftest import FAST, compose_config, shared_path, toy_overrides
+from tests.conftest import FAST, compose_config, scored_tokens, shared_path, toy_overrides
 
 V = 80  # synthetic vocabulary: 0 <unk>, 1 <eos>, words 2..79
 BOS = V
@@ -513,7 +513,7 @@ def test_export_cli_writes_the_checkpoint_as_an_arpa_file_kenlm_reads(
     ours = load_arpa(out, Vocabulary((tmp_path / "vocab.txt").read_text().split()))
     lines = toy_corpus["test"].read_text().splitlines()
     log10_total = sum(kenlm.Model(str(out)).score(line, bos=True, eos=True) for line in lines)
-    tokens = sum(len(line.split()) + 1 for line in lines)
+    tokens = scored_tokens(toy_corpus["test"])
     assert 10 ** (-log10_total / tokens) == pytest.approx(metrics["test/ppl"], rel=1e-5)
     assert ours.num_ngrams()[0] == len((tmp_path / "vocab.txt").read_text().split()) + 1
     assert ngram_cli(["export", "ckpt_path=/no/such.ckpt", f"out={out}"]) == 2

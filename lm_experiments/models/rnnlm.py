@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
 
 from lm_experiments.errors import UserError
 from lm_experiments.models.base import LanguageModel
@@ -42,8 +41,8 @@ def recurrence(rnn: nn.RNNBase, x: torch.Tensor, state):
         and torch.is_autocast_enabled("cuda")
         and torch.get_autocast_dtype("cuda") == torch.bfloat16
     ):
-        with torch.autocast("cuda", enabled=False):
-            return rnn(x.float(), tree_map(lambda t: t.float(), state))
+        with torch.autocast("cuda", enabled=False):  # (a carried state is float32: base.carried)
+            return rnn(x.float(), state)
     return rnn(x, state)
 
 
