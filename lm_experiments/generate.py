@@ -9,15 +9,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from lm_experiments.checkpoints import model_class, read_checkpoint
 from lm_experiments.errors import UserError
+from lm_experiments.tasks.loading import load_task
 
 
 def load_model(ckpt_path: str):
     """The model stored in a checkpoint, with its vocabulary, in eval mode on the CPU."""
-    checkpoint = read_checkpoint(ckpt_path)
-    model = model_class(checkpoint).load_from_checkpoint(ckpt_path, map_location="cpu")
-    return model.eval()
+    return load_task(ckpt_path)
 
 
 def sample(cfg: DictConfig) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -18,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lm_experiments import wandb_extras
 from lm_experiments.checkpoints import read_checkpoint
-from lm_experiments.models.base import check_vocabulary
 from lm_experiments.resilience import interruption
+from lm_experiments.tasks.language_modeling import check_vocabulary
 from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,31 @@ def _model_name(cfg: DictConfig, model) -> str:
 
 
 def build(cfg: DictConfig):
-    """The data module and a model sized to its vocabulary."""
+    """The data module, and the task wrapping a net sized to its vocabulary."""
     datamodule = instantiate(cfg.dataset)
     vocab = datamodule.vocab  # tokenizes (cached) and builds the vocabulary from train
-    model = instantiate(cfg.model, vocab_size=len(vocab))
-    model.vocab = vocab
-    model.oracle_ppl = datamodule.oracle_ppl
-    datamodule.train_window = model.train_window
+    if issubclass(get_class(cfg.model._target_), L.LightningModule):
+        model = _build_legacy(cfg, datamodule)
+    else:
+        net = build_net(cfg.model, len(vocab))
+        model = instantiate(cfg.task, net=net, vocab=vocab, oracle_ppl=datamodule.oracle_ppl)
+    datamodule.train_window = model.train_window  # shuffled windows, or carried-state columns
     return datamodule, model
+
+
+def build_net(model_cfg: DictConfig, vocab_size: int):
+    """The net ``conf/model`` describes: every key but the optimizer and scheduler it chooses
+    (those go to the task, ``conf/task/lm.yaml``)."""
+    net_cfg = {k: v for k, v in model_cfg.items() if k not in ("optimizer", "scheduler")}
+    return instantiate(OmegaConf.create(net_cfg), vocab_size=vocab_size)
+
+
+def _build_legacy(cfg: DictConfig, datamodule):
+    """A family that is still its own LightningModule (models/base.py's LanguageModel)."""
+    model = instantiate(cfg.model, vocab_size=len(datamodule.vocab))
+    model.vocab = datamodule.vocab
+    model.oracle_ppl = datamodule.oracle_ppl
+    return model
 
 
 def _callbacks(cfg: DictConfig) -> list:

@@ -142,8 +142,8 @@ def test_adaptive_softmax_trains_and_reports_exact_perplexity(
 
     datamodule, untrained = build(cfg)
     model = load_model(metrics["best_checkpoint"])
-    assert isinstance(model.output, AdaptiveSoftmax)
-    assert model.output.cutoffs == [4, 10, model.vocab_size]
+    assert isinstance(model.net.head, AdaptiveSoftmax)
+    assert model.net.head.cutoffs == [4, 10, model.net.vocab_size]
     stream = torch.as_tensor(datamodule.streams["test"])
     inputs = torch.cat([torch.tensor([EOS_ID]), stream[:-1]])[None]  # [1, N]
     with torch.no_grad():

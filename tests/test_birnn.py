@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from lm_experiments.data import EOS_ID
 from lm_experiments.data.vocab import IGNORE_INDEX
 from lm_experiments.models.birnn import BiRNNLM, reverse_columns
+from lm_experiments.tasks.bidirectional import BidirectionalLanguageModeling
+from lm_experiments.train import build
 from lm_experiments.utils import instantiate
 from tests.conftest import FAST, compose_config, toy_overrides
 from tests.test_model_families import V, normaliser
@@ -69,7 +71,7 @@ def test_backward_nll_of_padded_rows_is_each_rows_own_right_to_left_pass():
     for row, length in ((0, 12), (1, 7)):
         tokens = x[row, : length + 1]  # the backward LM starts at tokens[-1]
         _, backward_states = lm.encode(tokens[None])  # [1, length + 1, H], read right to left
-        log_p = F.log_softmax(lm.output_backward(backward_states[0, 1:]), dim=-1)  # predicts t
+        log_p = F.log_softmax(lm.backward_head(backward_states[0, 1:]), dim=-1)  # predicts t
         expected = -log_p.gather(1, tokens[:-1, None])[:, 0]
         assert torch.allclose(nll[row, :length], expected, atol=1e-5)
     assert (nll[1, 7:] == 0).all()
@@ -99,41 +101,41 @@ def test_training_loss_is_the_mean_of_both_directions_and_trains_both():
     inputs, targets = x[:, :-1], x[:, 1:]
     forward, _ = lm.forward_nll(inputs, targets, lm.init_state(3))
     expected = (forward + lm.backward_nll(inputs, targets)) / 2
-    direct, _ = lm.token_nll(inputs, targets, lm.init_state(3))  # outside a Trainer's step
+    direct, _ = lm.token_nll(inputs, targets, lm.init_state(3))  # the batch as whole columns
     assert torch.allclose(direct, expected, atol=1e-6)
-    lm._stage = "train"  # as training_step sets it
-    nll, _ = lm.token_nll(inputs, targets, lm.init_state(3))
+    task = BidirectionalLanguageModeling(lm)
+    nll, _ = task.scored_nll(inputs, targets, lm.init_state(3), "train")  # as training_step
     assert torch.allclose(nll, expected, atol=1e-6)
     nll.mean().backward()
-    for rnn in (lm.rnn, lm.rnn_backward):
+    for rnn in (lm.forward_encoder.rnn, lm.backward_encoder.rnn):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rnn.parameters())
 
 
 def test_shared_embedding_and_softmax_are_one_set_of_weights():
     shared = model()
-    assert shared.embedding_backward is shared.embedding
-    assert shared.output_backward is shared.output
+    assert shared.backward_encoder.embedding is shared.forward_encoder.embedding
+    assert shared.backward_head is shared.head
     separate = model(share_embeddings=False, share_softmax=False)
     embedding, softmax = 6 * V, (10 + 1) * V
     assert separate.num_parameters() - shared.num_parameters() == embedding + softmax
     x = torch.randint(0, V, (2, 8))
     forward_logits, backward = separate(x)[0], backward_scores(separate, x)
     with torch.no_grad():
-        separate.output_backward.weight.add_(1.0)
-        separate.embedding_backward.weight.add_(1.0)
+        separate.backward_head.weight.add_(1.0)
+        separate.backward_encoder.embedding.weight.add_(1.0)
     assert torch.allclose(separate(x)[0], forward_logits)  # the forward LM has its own
     assert not torch.allclose(backward_scores(separate, x), backward)
 
 
 def test_generation_samples_from_the_forward_lm():
-    lm = model()
+    lm = BidirectionalLanguageModeling(model())
     (sentence,) = lm.generate(1, max_length=12, temperature=0)
     prefix = torch.tensor([[EOS_ID]])
     for token in sentence:  # each greedy token is the forward LM's argmax after the prefix
         assert lm(prefix)[0][0, -1].argmax().item() == token
         prefix = torch.cat([prefix, torch.tensor([[token]])], dim=1)
     with torch.no_grad():
-        for p in lm.rnn_backward.parameters():
+        for p in lm.net.backward_encoder.rnn.parameters():
             p.add_(1.0)
     assert lm.generate(1, max_length=12, temperature=0) == [sentence]
 
@@ -158,7 +160,8 @@ def test_backward_perplexity_is_exact_whatever_bptt(tmp_path, cache_dir, toy_cor
     bptt (how the columns are cut into batches) cannot change its perplexity."""
     base = [*toy_overrides(toy_corpus), "model=birnn", *FAST]
     cfg = compose_config(base, tmp_path, cache_dir)
-    lm = instantiate(cfg.model, vocab_size=len(instantiate(cfg.dataset).vocab))
+    _, lm = build(cfg)
+    assert isinstance(lm, BidirectionalLanguageModeling)  # model=birnn picks task=bilm
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
 
     def test_run(eval_batch_size, bptt):
@@ -172,7 +175,7 @@ def test_backward_perplexity_is_exact_whatever_bptt(tmp_path, cache_dir, toy_cor
         return dict(lm.results["test"]), datamodule.streams["test"]
 
     one_column = [test_run(1, bptt) for bptt in (4, 35, 10_000)]
-    forward, backward = one_pass_perplexities(lm, one_column[0][1])
+    forward, backward = one_pass_perplexities(lm.net, one_column[0][1])
     for results, _ in one_column:
         assert results["ppl_backward"] == pytest.approx(backward, rel=1e-5)
         assert results["ppl_forward"] == pytest.approx(forward, rel=1e-5)

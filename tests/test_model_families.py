@@ -22,7 +22,7 @@ from lm_experiments.data.batching import ColumnBatches
 from lm_experiments.data.vocab import IGNORE_INDEX, UNK_ID
 from lm_experiments.models.birnn import BiRNNLM
 from lm_experiments.models.rnnlm import RNNLM
-from lm_experiments.train import build
+from lm_experiments.train import build, build_net
 from lm_experiments.utils import instantiate
 from tests.conftest import FAST, compose_config, toy_overrides
 
@@ -35,7 +35,7 @@ def family(name: str, tmp_path, cache_dir, vocab_size: int = V):
     """The model ``model=name`` configures, untrained, in eval mode."""
     cfg = compose_config([f"model={name}", *FAST], tmp_path, cache_dir)
     torch.manual_seed(0)
-    return instantiate(cfg.model, vocab_size=vocab_size).eval()
+    return build_net(cfg.model, vocab_size).eval()
 
 
 def forward_scores(model, x: torch.Tensor) -> torch.Tensor:
@@ -153,10 +153,11 @@ def per_token_nll(model, datamodule) -> dict[str, np.ndarray]:
     inputs, targets = ColumnBatches(stream, datamodule.eval_batch_size, bptt=len(stream) + 1)[0]
     model.eval()
     with torch.no_grad():
-        if isinstance(model, BiRNNLM):
+        if isinstance(model.net, BiRNNLM):
+            net = model.net
             nll = {
-                "forward": model.forward_nll(inputs, targets, model.init_state(inputs.size(0)))[0],
-                "backward": model.backward_nll(inputs, targets),
+                "forward": net.forward_nll(inputs, targets, net.init_state(inputs.size(0)))[0],
+                "backward": net.backward_nll(inputs, targets),
             }
         else:
             nll = {"": model.token_nll(inputs, targets, model.init_state(inputs.size(0)))[0]}

@@ -10,7 +10,7 @@ import torch
 from lm_experiments.data.batching import WindowBatches, sentence_columns
 from lm_experiments.data.vocab import EOS_ID
 from lm_experiments.errors import UserError
-from lm_experiments.models.base import LanguageModel
+from lm_experiments.models.net import LanguageModelNet
 from lm_experiments.models.nnlm import NNLM
 
 V = 20
@@ -27,9 +27,11 @@ def test_logits_follow_bengios_equations(direct_connections):
     x = torch.randint(0, V, (2, 9))
     logits, _ = lm(x, lm.init_state(2))
     t = 5  # predicts the token after x[:, 5] from the window x[:, 3:6]
-    p = lm.embedding.weight[x[:, t - 2 : t + 1]].flatten(1)  # [B, 3M]: C lookups, concatenated
+    p = lm.projection.embedding.weight[x[:, t - 2 : t + 1]].flatten(
+        1
+    )  # [B, 3M]: C lookups, concatenated
     h = torch.tanh(p @ lm.hidden.weight.T + lm.hidden.bias)
-    y = h @ lm.output.weight.T + lm.output.bias
+    y = h @ lm.head.weight.T + lm.head.bias
     if direct_connections:
         y = y + p @ lm.direct.weight.T  # W x, no bias of its own
     else:
@@ -86,12 +88,12 @@ def test_training_windows_score_what_evaluation_columns_score():
 def test_token_nll_runs_the_output_layer_only_on_scored_positions():
     lm = model(window=4)
     seen = []
-    lm.output.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    lm.head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
     x = torch.randint(0, V, (6, 4))
     y = torch.randint(0, V, (6, 1))
     nll, state = lm.token_nll(x, y, lm.init_state(6))
     assert seen == [1]  # one position, not four
-    expected, expected_state = LanguageModel.token_nll(lm, x, y, lm.init_state(6))
+    expected, expected_state = LanguageModelNet.token_nll(lm, x, y, lm.init_state(6))
     assert torch.allclose(nll, expected, atol=1e-6)
     assert torch.equal(state, expected_state)  # the last window - 1 inputs
     assert torch.equal(state, x[:, 1:])

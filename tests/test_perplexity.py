@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from lm_experiments.data import LMDataModule
-from lm_experiments.models.base import CorpusPerplexity, LanguageModel
+from lm_experiments.models.base import LanguageModel
+from lm_experiments.models.net import LanguageModelNet
+from lm_experiments.tasks.language_modeling import LanguageModeling
+from lm_experiments.tasks.perplexity import CorpusPerplexity
 
 
 def test_two_batches_of_different_sizes_by_hand():
@@ -24,12 +27,12 @@ def test_two_batches_of_different_sizes_by_hand():
     assert abs(result["ppl"].item() - mean_of_batch_ppls) > 0.1  # the wrong answer differs
 
 
-class BigramTable(LanguageModel):
+class BigramTable(LanguageModelNet):
     """A fixed bigram model: p(w_t | w_{t-1}) from a table. Its perplexity can be computed by
     hand from the stream, so the whole accounting path (batches, masks, epochs) is checked."""
 
     def __init__(self, vocab_size: int, seed: int = 0):
-        super().__init__(vocab_size)
+        super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.log_table = torch.nn.Parameter(torch.randn(vocab_size, vocab_size, generator=g))
 
@@ -37,9 +40,26 @@ class BigramTable(LanguageModel):
         return self.log_table[inputs], state
 
 
+class LegacyBigramTable(LanguageModel):
+    """The same model written as its own LightningModule (the compatibility base the n-gram
+    still uses): the same accounting path."""
+
+    def __init__(self, vocab_size: int, seed: int = 0):
+        super().__init__(vocab_size)
+        self.log_table = BigramTable(vocab_size, seed).log_table
+
+    def forward(self, inputs, state=None):
+        return self.log_table[inputs], state
+
+
+def bigram_task(vocab_size: int, legacy: bool):
+    return LegacyBigramTable(vocab_size) if legacy else LanguageModeling(BigramTable(vocab_size))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize("eval_batch_size", [1, 3, 8])
 def test_corpus_perplexity_through_a_trainer_equals_the_hand_computation(
-    tmp_path, cache_dir, toy_corpus, eval_batch_size
+    tmp_path, cache_dir, toy_corpus, eval_batch_size, legacy
 ):
     dm = LMDataModule(
         name="toy",
@@ -51,7 +71,7 @@ def test_corpus_perplexity_through_a_trainer_equals_the_hand_computation(
         eval_batch_size=eval_batch_size,
         bptt=7,
     )
-    model = BigramTable(len(dm.vocab))
+    model = bigram_task(len(dm.vocab), legacy)
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
@@ -59,7 +79,8 @@ def test_corpus_perplexity_through_a_trainer_equals_the_hand_computation(
 
     stream = dm.streams["test"]
     previous = np.concatenate([[1], stream[:-1]])  # the first token follows the start <eos>
-    log_probs = torch.log_softmax(model.log_table.detach().double(), dim=-1)
+    table = model.log_table if legacy else model.net.log_table
+    log_probs = torch.log_softmax(table.detach().double(), dim=-1)
     nll = -log_probs[torch.as_tensor(previous), torch.as_tensor(stream)]
     assert model.results["test"]["tokens"] == len(stream)
     assert model.results["test"]["ppl"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-6)

@@ -8,6 +8,7 @@ import torch
 
 from lm_experiments.data.vocab import IGNORE_INDEX
 from lm_experiments.models.rnnlm import RNNLM
+from lm_experiments.tasks.language_modeling import LanguageModeling
 from lm_experiments.train import train
 from tests.conftest import FAST, SPY, TrainingSpy, compose_config, toy_overrides
 
@@ -43,7 +44,9 @@ def test_bf16_mixed_training_matches_fp32_within_rounding(model, tmp_path, cache
 @pytest.mark.parametrize("softmax", ["full", "adaptive"])
 def test_sums_stay_float64_under_autocast(softmax):
     torch.manual_seed(0)
-    model = RNNLM(40, embedding_dim=16, hidden_dim=16, cell="lstm", softmax=softmax)
+    model = LanguageModeling(
+        RNNLM(40, embedding_dim=16, hidden_dim=16, cell="lstm", softmax=softmax)
+    )
     inputs = torch.randint(0, 40, (3, 9))
     targets = torch.randint(0, 40, (3, 9))
     targets[2, 5:] = IGNORE_INDEX

@@ -12,6 +12,7 @@ import torch
 from lm_experiments.data import EOS_ID
 from lm_experiments.errors import UserError
 from lm_experiments.models.rnnlm import RNNLM
+from lm_experiments.tasks.language_modeling import LanguageModeling
 from lm_experiments.train import train
 from tests.conftest import FAST, compose_config, toy_overrides
 
@@ -53,7 +54,7 @@ def test_carried_state_equals_one_pass_over_the_stream(cell):
 
 
 def test_greedy_generation_feeds_each_token_back():
-    lm = model(vocab_size=12)
+    lm = LanguageModeling(model(vocab_size=12))
     (sentence,) = lm.generate(1, max_length=15, temperature=0)
     prefix = torch.tensor([[EOS_ID]])
     for token in sentence:  # re-derive each step from the whole prefix, no carried state
@@ -63,21 +64,21 @@ def test_greedy_generation_feeds_each_token_back():
 
 
 def test_generation_stops_at_end_of_sentence_and_at_max_length():
-    lm = model(vocab_size=10)
+    lm = LanguageModeling(model(vocab_size=10))
     with torch.no_grad():
-        lm.output.weight.zero_()
-        lm.output.bias.fill_(-1e4)
-        lm.output.bias[EOS_ID] = 0.0  # <eos> is certain
+        lm.net.head.weight.zero_()
+        lm.net.head.bias.fill_(-1e4)
+        lm.net.head.bias[EOS_ID] = 0.0  # <eos> is certain
     assert lm.generate(4, max_length=9) == [[], [], [], []]
     with torch.no_grad():
-        lm.output.bias[EOS_ID] = -1e4
-        lm.output.bias[5] = 0.0  # <eos> impossible: only the length limit stops a sentence
+        lm.net.head.bias[EOS_ID] = -1e4
+        lm.net.head.bias[5] = 0.0  # <eos> impossible: only the length limit stops a sentence
     assert lm.generate(3, max_length=9) == [[5] * 9] * 3
 
 
 def test_tied_weights_share_one_matrix_and_need_equal_sizes():
     lm = RNNLM(20, embedding_dim=16, hidden_dim=16, tie_weights=True)
-    assert lm.output.weight is lm.embedding.weight
+    assert lm.head.weight is lm.encoder.embedding.weight
     with pytest.raises(UserError, match="tie_weights"):
         RNNLM(20, embedding_dim=8, hidden_dim=16, tie_weights=True)
     with pytest.raises(UserError, match="model.cell"):

@@ -9,8 +9,8 @@ non-recurrent connections (the input of each layer and the output), never on the
 as in Zaremba et al.; the state carried from batch to batch holds every layer's hidden state.
 
 This is the RNNLM with ``num_layers`` >= 2: torch's fused multi-layer ``nn.RNN``/``nn.LSTM``/
-``nn.GRU`` compute exactly the equations above (layer l's output sequence is layer l+1's input,
-with dropout between them), so the family is a thin subclass that only fixes the depth.
+``nn.GRU`` (``encoders.make_rnn``) compute exactly the equations above, so the family is a thin
+subclass that only fixes the depth.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ class StackedRNNLM(RNNLM):
         num_layers: int = 2,
         dropout: float = 0.2,
         tie_weights: bool = False,
-        optimizer=None,
-        scheduler=None,
         **options,  # any other RNNLM option (softmax, cutoffs)
     ):
         if not isinstance(num_layers, int) or num_layers < self.min_layers:
@@ -49,7 +47,5 @@ class StackedRNNLM(RNNLM):
             num_layers=num_layers,
             dropout=dropout,
             tie_weights=tie_weights,
-            optimizer=optimizer,
-            scheduler=scheduler,
             **options,
         )
