@@ -161,10 +161,10 @@ def _hand_loop(cfg, init_state: dict, steps: int, warmup: int, memory=None) -> d
     from lm_experiments.train import build
     from lm_experiments.utils import instantiate
 
-    datamodule, _ = build(cfg)
+    datamodule, task = build(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = instantiate(cfg.model, vocab_size=len(datamodule.vocab)).to(device)
-    model.load_state_dict(init_state)
+    task.load_state_dict(init_state)
+    model = task.net.to(device)  # the bare net: the loop below is the task
     model.train()
     optimizer = instantiate(cfg.model.optimizer)(params=model.parameters())  # the same one
     batches = ColumnBatches(datamodule.streams["train"], cfg.dataset.batch_size, cfg.dataset.bptt)
@@ -398,7 +398,7 @@ def run(quick: bool = False) -> str:
     if torch.cuda.is_available():
         how = (
             "Under CUDA autocast the matrix products run in bf16 and the recurrence in float32 "
-            "(`models/rnnlm.py`, `recurrence`: CUDA autocast would run cuDNN RNNs in fp16, and "
+            "(`models/encoders.py`, `recurrence`: CUDA autocast would run cuDNN RNNs in fp16, and "
             "bf16-mixed has no GradScaler); both loops compute the loss as one fused float32 "
             "cross-entropy."
         )

@@ -51,7 +51,7 @@ LOWER = {
     "16-mixed": torch.float16 if DEVICE_TYPE == "cuda" else torch.bfloat16,
 }
 # and of a recurrent layer's: under bf16 autocast on CUDA the recurrence runs in float32
-# (models/rnnlm.py, ``recurrence``: CUDA autocast would run cuDNN RNNs in fp16)
+# (models/encoders.py, ``recurrence``: CUDA autocast would run cuDNN RNNs in fp16)
 RECURRENT = {
     **LOWER,
     "bf16-mixed": torch.float32 if DEVICE_TYPE == "cuda" else torch.bfloat16,
