@@ -201,3 +201,36 @@ def test_the_leak_detector_catches_a_model_that_peeks(tmp_path, cache_dir):
     ((excess, se),) = excess_over_oracle(model, datamodule).values()
     assert excess < -3 * se, (excess, se)
     assert model.results["test"]["ppl"] < model.results["test"]["oracle_ppl"]
+
+
+# --- the configs: one optimizer and one scheduler group shared by every family ----------------
+
+OPTIMIZERS = {  # what each family trained with before the groups were shared (unchanged)
+    "rnnlm": ("torch.optim.SGD", 1.0),
+    "nnlm": ("torch.optim.Adam", 0.001),
+    "stacked_rnn": ("torch.optim.Adam", 0.003),
+    "lstm": ("torch.optim.Adam", 0.003),
+    "birnn": ("torch.optim.Adam", 0.003),
+}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_each_family_keeps_its_optimizer_and_the_shared_plateau_schedule(name, tmp_path, cache_dir):
+    cfg = compose_config([f"model={name}", "model.scheduler.patience=2"], tmp_path, cache_dir)
+    assert (cfg.model.optimizer._target_, cfg.model.optimizer.lr) == OPTIMIZERS[name]
+    scheduler = dict(cfg.model.scheduler)
+    assert scheduler == {
+        "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "_partial_": True,
+        "mode": "min",
+        "factor": 0.5,
+        "patience": 2,  # the override reached it
+        "threshold": 0.003,
+    }
+    _, task = build(
+        compose_config([f"model={name}", "model.optimizer.lr=0.25"], tmp_path, cache_dir)
+    )
+    optimizer = task.configure_optimizers()["optimizer"]
+    assert type(optimizer).__name__ == OPTIMIZERS[name][0].rsplit(".", 1)[1]
+    assert optimizer.param_groups[0]["lr"] == 0.25  # model.optimizer.lr reaches the task
+    assert "optimizer" not in task.net.config  # the net is only the net
