@@ -129,6 +129,7 @@ def test_intervals_ratios_and_significance(tmp_path):
         number(ngram["test_ppl"]) / number(best["test_ppl"])
     )
     assert number(ngram["ratio_lo"]) > 1 and ngram["significant"] == "True"
+
     # pairing: the ratio's interval is far narrower than two separate intervals would give
     def log_width(row, lo, hi):
         return math.log(number(row[hi]) / number(row[lo]))

@@ -150,42 +150,58 @@ def attach_intervals(group: Group, index: int, metric: Metric, resamples: int, s
     if len(lengths) > 1 or any(metric.numerator not in t for t in tables):
         group.row["note"] = f"the seeds' score files differ (or lack '{metric.numerator}')"
         return
-    rng_seed = [seed, index]  # the same seed picks for every figure of the group
-
-    def replicates(numerator, denominator, transform=None):
-        per_seed = [
-            bootstrap.ratio_of_sums(
-                numerator(t), t.get(denominator), transform, resamples=resamples, seed=seed
-            )
-            for t in tables
-        ]  # each [resamples]; the same sentence resamples for every run with n sentences
-        return bootstrap.seed_mean(np.stack(per_seed, axis=1), np.random.default_rng(rng_seed))
-
     group.sentences = lengths.pop()
     group.denominator = tables[0].get(metric.denominator)
-    group.replicates = replicates(
-        lambda t: t[metric.numerator], metric.denominator, np.exp if metric.exp else None
-    )
+    figures = ratio_parts(tables, metric)  # name -> (numerator, denominator), each [n, S]
+    names = list(figures)
+    numerator = np.stack([figures[k][0] for k in names], axis=-1)  # [n, S, figures]
+    denominator = np.stack([figures[k][1] for k in names], axis=-1)
+    # one pass over the sentence resamples for every seed and figure: [resamples, S, figures]
+    per_seed = bootstrap.ratio_of_sums(numerator, denominator, resamples=resamples, seed=seed)
+    if metric.exp:
+        per_seed[..., 0] = np.exp(per_seed[..., 0])
+    replicates = {}
+    for k, name in enumerate(names):  # the same seed picks for every figure of the group
+        rng = np.random.default_rng([seed, index])
+        replicates[name] = bootstrap.seed_mean(per_seed[..., k], rng)
+    group.replicates = replicates.pop(metric.name)
     lo, hi = bootstrap.interval(group.replicates)
     group.row.update({f"{metric.column}_lo": float(lo), f"{metric.column}_hi": float(hi)})
     check_sums(group, tables, metric)
+    for bucket, excess in replicates.items():
+        num, den = figures[bucket]
+        lo, hi = bootstrap.interval(excess)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a bucket without tokens: nan
+            per_run = num.sum(axis=0) / den.sum(axis=0)
+        group.distance[bucket] = {
+            "tokens": int(den[:, 0].sum()),
+            "excess": mean([float(v) for v in per_run]),
+            "lo": float(lo),
+            "hi": float(hi),
+        }
+
+
+def ratio_parts(tables: list[dict], metric: Metric) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """What each figure sums, per sentence and seed: the metric (its name), and on the embedded
+    corpus the excess NLL over the oracle of every distance bucket (the bucket's name)."""
+
+    def stacked(column_of) -> np.ndarray:  # [n, S]
+        return np.stack([np.asarray(column_of(t), dtype=np.float64) for t in tables], axis=1)
+
+    ones = np.ones(len(tables[0]["sentence"]))
+    parts = {
+        metric.name: (
+            stacked(lambda t: t[metric.numerator]),
+            stacked(lambda t: t.get(metric.denominator, ones)),
+        )
+    }
     if all(bucket_column("oracle_nll", BUCKETS[0]) in t for t in tables):
         for bucket in BUCKETS:
-            tokens = bucket_column("tokens", bucket)
-            excess = replicates(lambda t, b=bucket: excess_nll(t, b), tokens)
-            lo, hi = bootstrap.interval(excess)
-            counts = [float(t[tokens].sum()) for t in tables]
-            group.distance[bucket] = {
-                "tokens": int(counts[0]),
-                "excess": mean(
-                    [
-                        float(excess_nll(t, bucket).sum()) / c if c else math.nan
-                        for t, c in zip(tables, counts, strict=True)
-                    ]
-                ),
-                "lo": float(lo),
-                "hi": float(hi),
-            }
+            parts[bucket] = (
+                stacked(lambda t, b=bucket: excess_nll(t, b)),
+                stacked(lambda t, b=bucket: t[bucket_column("tokens", b)]),
+            )
+    return parts
 
 
 def excess_nll(table: dict, bucket: str) -> np.ndarray:
@@ -233,6 +249,13 @@ def same_sentences(a: Group, b: Group) -> bool:
     if a.denominator is None or b.denominator is None:
         return a.denominator is b.denominator
     return bool(np.array_equal(a.denominator, b.denominator))
+
+
+def single_run(run: Run, metric: Metric, resamples: int = bootstrap.RESAMPLES) -> Group:
+    """One finished run as a configuration of one seed, with its intervals (for W&B)."""
+    group = Group(run.job, [run], figures(run, metric))
+    attach_intervals(group, 0, metric, resamples, bootstrap.SEED)
+    return group
 
 
 def compare(
