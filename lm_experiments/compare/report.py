@@ -65,10 +65,10 @@ def table_spec(comparison: Comparison) -> list[tuple[str, callable]]:
         ("params", lambda r: _fmt(r.get("params"))),
         *([("val ppl", lambda r: _fmt(r.get("val_ppl_best")))] if ppl else []),
         (f"test {m.name}", lambda r: _fmt(r.get(c), digits)),
-        ("95% interval", lambda r: _span(r, f"{c}_lo", f"{c}_hi", digits)),
+        ("95% CI", lambda r: _span(r, f"{c}_lo", f"{c}_hi", digits)),
         *([("seeds", lambda r: _seeds(r, c, digits))] if has(f"{c}_std") else []),
         ("vs best", lambda r: _fmt(r.get("ratio_to_best"), 3)),
-        ("95% interval ", lambda r: _span(r, "ratio_lo", "ratio_hi", 3)),
+        ("95% CI ", lambda r: _span(r, "ratio_lo", "ratio_hi", 3)),
         ("significant", lambda r: _fmt(r.get("significant"))),
     ]
     if ppl:
@@ -150,14 +150,14 @@ def distance_markdown(comparison: Comparison) -> list[str]:
         "## Excess NLL over the oracle by distance",
         "",
         "Nats per scored token above the generator's own NLL, by how many tokens back the word "
-        "that decided the token is ('none': no earlier word did); 95% intervals as above.",
+        "that decided the token is ('none': no earlier word did); [95% interval] as above.",
         "",
         "| run | " + " | ".join(BUCKETS) + " |",
         "|---|" + "---:|" * len(BUCKETS),
     ]
     for group in comparison.groups:
         cells = [
-            f"{_fmt(d['excess'], 3)} ({_fmt(d['lo'], 3)}–{_fmt(d['hi'], 3)})"
+            f"{_fmt(d['excess'], 3)} [{_fmt(d['lo'], 3)}, {_fmt(d['hi'], 3)}]"
             for d in (group.distance[b] for b in BUCKETS)
         ]
         lines.append(f"| {group.label} | " + " | ".join(cells) + " |")
@@ -213,7 +213,7 @@ def print_table(comparison: Comparison, title: str) -> None:
         )
     for row in comparison.rows:
         rich_table.add_row(*table_cells(row, spec), style=None if row["status"] == "ok" else "red")
-    console = Console(width=max(160, Console().width))
+    console = Console(width=max(180, Console().width))
     console.print(rich_table)
     for line in notes(comparison):
         kind, _, rest = line.partition(" ")
