@@ -105,6 +105,17 @@ def test_report_rows_carry_each_runs_own_numbers(sweep):
     assert "2 runs finished, 1 failed." in markdown
 
 
+def test_report_intervals_come_from_the_runs_score_files(sweep):
+    sweep_dir, _ = sweep
+    rows = [row for row in read_csv(sweep_dir / "comparison.csv") if row["status"] == "ok"]
+    if not all((Path(row["run_dir"]) / "scores" / "test.parquet").is_file() for row in rows):
+        pytest.skip("score files not written yet (the LM task's evaluation writes them)")
+    for row in rows:
+        assert float(row["test_ppl_lo"]) < float(row["test_ppl"]) < float(row["test_ppl_hi"])
+        assert float(row["ratio_lo"]) <= float(row["ratio_to_best"]) <= float(row["ratio_hi"])
+        assert row["note"] == ""  # the files add up to metrics.json
+
+
 def test_report_curves_are_the_csv_logger_validation_perplexities(sweep):
     sweep_dir, _ = sweep
     runs = {run.job: run for run in compare.find_runs(sweep_dir)}

@@ -232,7 +232,10 @@ def attach_ratios(groups: list[Group], metric: Metric) -> None:
         row = group.row
         value, top = row[metric.column], best.row[metric.column]
         row["ratio_to_best"] = value / top if value is not None and top else None
-        if group.replicates is None or best.replicates is None:
+        if group.replicates is None:
+            continue
+        if best.replicates is None:
+            row["note"] = "the best run has no score file: no paired ratio"
             continue
         if group is not best and not same_sentences(group, best):
             row["note"] = "scored other sentences than the best run: no paired ratio"
