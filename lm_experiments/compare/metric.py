@@ -37,9 +37,6 @@ class Metric:
     def column(self) -> str:
         return f"test_{self.name}"
 
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.higher_is_better else a < b
-
 
 PPL = Metric(
     "ppl",

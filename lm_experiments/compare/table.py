@@ -276,8 +276,8 @@ def compare(
     if groups:
         attach_ratios(groups, metric)
     distance_rows = [
-        {"label": g.label, "bucket": bucket, **figures}
+        {"label": g.label, "bucket": bucket, **excess}
         for g in groups
-        for bucket, figures in g.distance.items()
+        for bucket, excess in g.distance.items()
     ]
     return Comparison(metric, [g.row for g in groups] + failed, groups, distance_rows)
