@@ -20,7 +20,8 @@ column                        dtype   what
 
 Summing a column reproduces the corpus sum of ``metrics.json`` (``test/ppl`` = exp(sum nll /
 sum tokens)). The writer (the task, at the end of an evaluation) collects per-token values and
-calls :func:`sentence_sums` and :func:`distance_columns`, then :func:`write_scores`.
+calls :func:`sentence_of_token`, :func:`sentence_sums` and :func:`distance_columns`, then
+:func:`write_scores`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def bucket_of_distance(distance: np.ndarray) -> np.ndarray:
     distance = np.asarray(distance)
     buckets = np.searchsorted(BUCKET_STARTS, distance, side="right")  # 1 -> 1, 3 -> 1, 4 -> 2
     return np.where(distance > 0, buckets, 0)
+
+
+def sentence_of_token(is_end: np.ndarray) -> np.ndarray:
+    """Each scored token's sentence index, from whether it is an end-of-sentence: a sentence's
+    tokens are its words and its closing ``<eos>`` (the stream of targets in corpus order)."""
+    is_end = np.asarray(is_end, dtype=np.int64)
+    return np.cumsum(is_end) - is_end  # ends strictly before each token
 
 
 def sentence_sums(sentence_of_token: np.ndarray, values: np.ndarray, num_sentences: int):
