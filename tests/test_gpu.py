@@ -25,7 +25,7 @@ import torch
 
 from lm_experiments.data.vocab import EOS_ID
 from lm_experiments.generate import load_model
-from lm_experiments.resilience import RunInterrupted
+from lm_experiments.runtime.signals import RunInterrupted
 from lm_experiments.train import train
 from tests.conftest import FAST, SPY, TrainingSpy, compose_config, toy_overrides
 from tests.test_ddp import assert_two_processes_evaluate_as_one

@@ -17,9 +17,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from lm_experiments.data.batching import ColumnBatches, WindowBatches, already_batched
 from lm_experiments.data.corpora import SPLITS, load_corpus
+from lm_experiments.data.sampler import ResumableSampler, training_position
 from lm_experiments.data.vocab import Vocabulary
 from lm_experiments.errors import UserError
-from lm_experiments.resilience import ResumableSampler, training_position
 
 STAGE_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
@@ -208,7 +208,7 @@ class LMDataModule(L.LightningDataModule):
             collate_fn=already_batched,
         )
 
-    # where the training stream stands, in every checkpoint (resilience.py)
+    # where the training stream stands, in every checkpoint (data/sampler.py)
     def state_dict(self) -> dict:
         position = training_position(self.trainer)
         return {"train_position": position} if position else {}
