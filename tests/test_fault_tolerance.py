@@ -508,7 +508,9 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pat
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # in the middle of writing a checkpoint
         proc.wait(timeout=30)
-    assert_epoch_0_checkpoints_intact(tmp_path / "run" / "checkpoints")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in checkpoints.glob(".*.tmp")]  # the write it interrupted
+    assert_epoch_0_checkpoints_intact(checkpoints)
 
 
 def test_a_full_disk_during_a_save_gives_one_line_and_loses_nothing(tmp_path, toy_corpus):

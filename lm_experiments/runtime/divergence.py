@@ -24,7 +24,8 @@ import lightning as L
 from lm_experiments.errors import UserError
 
 FIX = (
-    "lower model.optimizer.lr or set trainer.gradient_clip_val (the last good checkpoint was kept)"
+    "lower model.optimizer.lr or set trainer.gradient_clip_val (nothing was saved after it "
+    "diverged: the last checkpoint is the last good one)"
 )
 
 
