@@ -329,6 +329,28 @@ def test_a_diverging_run_never_replaces_a_finished_run(tmp_path, toy_corpus):
     assert snapshot(tmp_path / "run") == finished  # nothing saved or reported after it diverged
 
 
+def test_a_diverging_ddp_run_stops_every_rank_with_one_line(tmp_path, toy_corpus):
+    result = run_cli(
+        [
+            *toy_overrides(toy_corpus),
+            *FAST,
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "model.optimizer.lr=1e12",
+            f"hydra.run.dir={tmp_path}/run",
+            f"paths.cache_dir={tmp_path}/cache",
+        ],
+        cwd=tmp_path,
+        timeout=180,  # a rank left waiting in a collective would hang until then
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = errors_of(result)
+    assert len(errors) == 1 and "training diverged" in errors[0], result.stderr[-3000:]
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
 def test_divergence_bound_is_three_times_log_v_and_spares_honest_zero_probabilities(toy_corpus):
     from lm_experiments.runtime.divergence import DivergenceGuard
 
@@ -410,6 +432,7 @@ def test_a_checkpoint_evaluates_and_resumes_as_what_it_is_without_model(
         )
     )
     assert old["test/ppl"] == trained["test/ppl"]  # from model_class + hyper_parameters
+    assert old["model"] == "stackedrnnlm"  # its class: the choice's name was not saved then
 
     last = run_dir / "checkpoints" / "last.ckpt"
     longer = [*toy_overrides(toy_corpus), *FAST, "trainer.max_epochs=2", f"ckpt_path={last}"]

@@ -109,8 +109,8 @@ def model_overrides(overrides: list[str]) -> list[str]:
 
 def model_from_checkpoint(cfg: DictConfig, checkpoint: dict, overrides: list[str]) -> str | None:
     """Unless ``overrides`` choose the model, set ``cfg.model`` to the checkpoint's (keeping the
-    composed optimizer and scheduler when the checkpoint does not hold them); return the saved
-    choice's name, if any."""
+    composed optimizer and scheduler when the checkpoint does not hold them); return the model's
+    name for the report (the saved choice's, else the class's), or None for the asked model."""
     if model_overrides(overrides):
         return None  # the user asked for a model: check_fits compares it with the checkpoint
     choice, saved = saved_model(checkpoint)
@@ -120,7 +120,7 @@ def model_from_checkpoint(cfg: DictConfig, checkpoint: dict, overrides: list[str
     with open_dict(cfg):
         cfg.model = OmegaConf.create(saved)
     log.info("model from the checkpoint: %s", describe(saved["_target_"], saved))
-    return choice
+    return choice or saved["_target_"].rpartition(".")[2].lower()
 
 
 def check_fits(asked: DictConfig, model: torch.nn.Module, checkpoint: dict) -> None:
