@@ -10,10 +10,10 @@ Stopping and resuming (``CheckpointOnSignal``)
       an epoch's last batch, the epoch's validation, epoch-end hooks and LR-scheduler step run
       first and the run stops after the next batch (resuming Lightning 2.6.6 from its own
       end-of-epoch SIGTERM checkpoint would skip the whole next epoch);
-    * the model saves the state it carries from batch to batch (the hidden state of every column,
-      the epoch's NLL sums so far: its ``resume_state()``, gathered per
-      rank by ``resume.py``), and the data module where the epoch stands, so the train loader restarts at the next batch rather than at batch
-      0 of a map-style dataset (``data/sampler.py``);
+    * the model's state carried from batch to batch (the hidden state of every column, the
+      epoch's NLL sums so far: its ``resume_state()``) is saved per rank (``resume.py``), and the
+      data module saves where the epoch stands, so the train loader restarts at the next batch
+      rather than at batch 0 of a map-style dataset (``data/sampler.py``);
     * the random number generators are saved and restored before the first resumed batch
       (dropout masks), per rank;
     * Lightning skips ReduceLROnPlateau at the end of a resumed epoch (it assumes the epoch's
