@@ -5,7 +5,6 @@ import math
 
 import pytest
 
-from lm_experiments.data import synthetic
 from lm_experiments.data.synthetic import (
     EOS,
     NOUNS,
@@ -19,6 +18,8 @@ from lm_experiments.data.synthetic import (
     oracle_perplexity,
     split_seed,
 )
+from lm_experiments.data.synthetic import splits as split_builder
+from lm_experiments.data.synthetic.english import Clause, Sentence
 
 # A grammar small enough to work out by hand: the first word (x or y) decides the last one (p or q)
 # across a run of m's of geometric length.
@@ -171,13 +172,13 @@ def test_default_train_split_contains_every_word(grammar):
 def _subject_and_main_verb(grammar, words):
     """Positions of a statement's subject noun and main verb, read off the machine state.
 
-    The subject's class and number travel in a ("K", ...) symbol, pushed when the subject noun is
+    The subject's class and number travel in a `Clause` symbol, pushed when the subject noun is
     emitted and consumed when the main verb is.
     """
     state, noun_at = grammar.initial_state(), None
     for i, token in enumerate(words):
         state = grammar.advance(state, token)
-        has_k = any(isinstance(s, tuple) and s[0] == "K" for s in state)
+        has_k = any(isinstance(s, Clause) for s in state)
         if noun_at is None and has_k:
             noun_at = i
         elif noun_at is not None and not has_k:
@@ -243,14 +244,16 @@ def test_build_synthetic_splits_is_cached(tmp_path, monkeypatch):
         calls.append(seed)
         yield from generate_split(grammar, seed, num_tokens)
 
-    monkeypatch.setattr(synthetic, "generate_split", counting_generate_split)
+    monkeypatch.setattr(split_builder, "generate_split", counting_generate_split)
     sizes = {"train_tokens": 2_000, "valid_tokens": 500, "test_tokens": 500}
     splits = build_synthetic_splits(seed=3, cache_dir=str(tmp_path), **sizes)
     assert len(calls) == 3
     assert set(splits) == {"train", "validation", "test"}
     for name, n in zip(("train", "validation", "test"), sizes.values(), strict=True):
         split = splits[name]
-        assert split.column_names == ["text", "oracle_nll"]
+        assert split.column_names == [
+            "text", "oracle_nll", "distance", "tag", "question", "subject_number", "verb_class"
+        ]  # fmt: skip
         assert split.features["oracle_nll"].feature.dtype == "float64"
         assert n <= sum(len(x) for x in split["oracle_nll"]) < n + 100
     direct = list(generate_split(default_grammar(), split_seed(3, "validation"), 500))
@@ -274,9 +277,9 @@ def test_build_synthetic_splits_is_cached(tmp_path, monkeypatch):
 
     # Editing the grammar changes its fingerprint, hence the cache key: no stale corpus is reused.
     rules = english_rules()
-    rules[("S",)] = [(p, rhs) for p, rhs in reversed(rules[("S",)])]
-    edited = Grammar(rules, start=("S",))
+    rules[("S",)] = [(p, rhs) for p, rhs in reversed(rules[("S",)])]  # Sentence() == ("S",)
+    edited = Grammar(rules, start=Sentence())
     assert edited.fingerprint() != default_grammar().fingerprint()
-    monkeypatch.setattr(synthetic, "default_grammar", lambda: edited)
+    monkeypatch.setattr(split_builder, "default_grammar", lambda: edited)
     build_synthetic_splits(seed=3, cache_dir=str(tmp_path), **sizes)
     assert len(calls) == 10
