@@ -78,7 +78,7 @@ def test_distances_on_hand_built_sentences(grammar, sentence):
 
 
 def test_distance_buckets():
-    assert DISTANCE_BUCKETS == ("none", "1-3", "4-6", "7-10", ">10")
+    assert DISTANCE_BUCKETS == ("none", "1-3", "4-6", "7-10", "11+")
     distances = np.array([0, 1, 3, 4, 6, 7, 10, 11, 40])
     assert distance_bucket(distances).tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert distance_bucket(5) == 2

@@ -48,7 +48,7 @@ from lm_experiments.data.synthetic.lexicon import (
 )
 
 NO_DECIDER = 0  # the distance of a token no earlier word decided
-DISTANCE_BUCKETS = ("none", "1-3", "4-6", "7-10", ">10")
+DISTANCE_BUCKETS = ("none", "1-3", "4-6", "7-10", "11+")
 _BUCKET_STARTS = np.array([1, 4, 7, 11])  # the first distance of every bucket after "none"
 
 
