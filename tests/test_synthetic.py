@@ -37,6 +37,7 @@ TINY_ENTROPY_PER_TOKEN = (math.log(2) + 4 / 3 * H_QUARTER) / (13 / 3)
 # Digests of the default grammar's rule table and of the start of its seed-0 train split.
 GRAMMAR_FINGERPRINT = "7944ad6384561612"
 TEXT_DIGEST = "b1e8ec90103ba0bf"
+NLL_DIGEST = "c8cdaa8215c580b9"  # the exact oracle NLLs of the same tokens (float.hex)
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +154,13 @@ def test_generation_is_deterministic_and_seed_dependent(grammar):
 
 def test_default_corpus_is_pinned(grammar):
     """The default corpus is the same on every machine and Python version (and changes only on
-    purpose: after a deliberate change to the grammar, update these two digests)."""
-    rows = generate_split(grammar, split_seed(0, "train"), 5_000)
+    purpose: after a deliberate change to the grammar, update these digests)."""
+    rows = list(generate_split(grammar, split_seed(0, "train"), 5_000))
     text = "\n".join(row["text"] for row in rows)
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == TEXT_DIGEST
     assert grammar.fingerprint() == GRAMMAR_FINGERPRINT
+    nlls = " ".join(x.hex() for row in rows for x in row["oracle_nll"])
+    assert hashlib.sha256(nlls.encode()).hexdigest()[:16] == NLL_DIGEST
 
 
 def test_default_train_split_contains_every_word(grammar):
