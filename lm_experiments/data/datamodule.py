@@ -18,6 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from lm_experiments.data.batching import ColumnBatches, WindowBatches, already_batched
 from lm_experiments.data.corpora import SPLITS, load_corpus
 from lm_experiments.data.sampler import ResumableSampler, training_position
+from lm_experiments.data.synthetic import SENTENCE_LABELS, TOKEN_ANNOTATIONS
 from lm_experiments.data.vocab import Vocabulary
 from lm_experiments.errors import UserError
 
@@ -142,6 +143,18 @@ class LMDataModule(L.LightningDataModule):
                 )
             out[stage] = float(math.exp(nll.sum() / len(nll)))
         return out
+
+    @cached_property
+    def annotations(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per split, what the generated corpus knows (synthetic/annotations.py): per-token arrays
+        aligned with ``streams`` and per-sentence labels. Empty for every other corpus."""
+        if "distance" not in self.corpus["train"].column_names:
+            return {}
+        return {
+            split: {c: flat_column(self.corpus[split], c, np.int64) for c in TOKEN_ANNOTATIONS}
+            | {c: np.asarray(self.corpus[split][c], np.int64) for c in SENTENCE_LABELS}
+            for split in SPLITS
+        }
 
     def num_tokens(self, split: str) -> int:
         return len(self.streams[split])
