@@ -32,7 +32,7 @@ def sentence_columns(stream: np.ndarray, num_columns: int) -> tuple[torch.Tensor
     memory of int64 for a 100M-token split); ``targets[c, t]`` is the token after ``inputs[c, t]``.
     """
     stream = np.asarray(stream)
-    dtype, kind = (np.int32, torch.int32) if stream.dtype == np.int32 else (np.int64, torch.long)
+    dtype = np.int32 if stream.dtype == np.int32 else np.int64
     # a writable copy, with a leading <eos>: the start context
     full = np.concatenate([np.array([EOS_ID], dtype), np.asarray(stream, dtype)])
     n = len(stream)
@@ -43,12 +43,13 @@ def sentence_columns(stream: np.ndarray, num_columns: int) -> tuple[torch.Tensor
     cuts = np.unique(sentence_starts[at])  # fewer cuts than columns only for very short splits
     bounds = np.append(cuts, n)
     length = int(np.diff(bounds).max()) if n else 0
-    inputs = torch.full((num_columns, length), EOS_ID, dtype=kind)
-    targets = torch.full((num_columns, length), IGNORE_INDEX, dtype=kind)
+    # filled in NumPy: torch's copies can spin OpenMP threads on a busy machine (100x slower)
+    inputs = np.full((num_columns, length), EOS_ID, dtype=dtype)
+    targets = np.full((num_columns, length), IGNORE_INDEX, dtype=dtype)
     for c, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        inputs[c, : end - start] = torch.from_numpy(full[start:end])
-        targets[c, : end - start] = torch.from_numpy(full[start + 1 : end + 1])
-    return inputs, targets
+        inputs[c, : end - start] = full[start:end]
+        targets[c, : end - start] = full[start + 1 : end + 1]
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
 class ColumnBatches(Dataset):

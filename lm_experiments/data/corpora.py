@@ -62,7 +62,7 @@ def _codec(encoding: str, errors: str) -> str:
 
 
 def _first_undecodable(path: str, codec: str) -> tuple[int, str] | None:
-    """(line number, the bad bytes in hex) of the first undecodable bytes of ``path``, or None.
+    """(line number, what is wrong: the bad bytes in hex) of the first undecodable bytes of ``path``, or None.
     Read only after a decoding failure, to name the line."""
     decoder = codecs.getincrementaldecoder(codec)()
     line = 1
@@ -70,8 +70,10 @@ def _first_undecodable(path: str, codec: str) -> tuple[int, str] | None:
         for raw in [*f, b""]:  # b"": the final call, for a sequence cut off at the end
             try:
                 line += decoder.decode(raw, final=not raw).count("\n")
-            except UnicodeDecodeError as err:
-                return line, err.object[err.start : err.end].hex(" ")
+            except UnicodeError as err:  # UTF-16 without a byte-order mark is not a DecodeError
+                if isinstance(err, UnicodeDecodeError):
+                    return line, f"bytes {err.object[err.start : err.end].hex(' ')}"
+                return line, str(err)
     return None
 
 
@@ -90,15 +92,15 @@ def read_lines(
         return datasets.load_dataset(
             "text", data_files=paths, cache_dir=cache_dir, encoding=codec, encoding_errors=errors
         )
-    except (DatasetGenerationError, UnicodeDecodeError) as err:
-        cause = err if isinstance(err, UnicodeDecodeError) else err.__cause__
-        if not isinstance(cause, UnicodeDecodeError):
+    except (DatasetGenerationError, UnicodeError) as err:
+        cause = err if isinstance(err, UnicodeError) else err.__cause__
+        if not isinstance(cause, UnicodeError):
             raise
         for split, path in paths.items():
             if found := _first_undecodable(path, codec):
                 raise UserError(
                     f"dataset.{files[split][0]}: '{path}' is not valid {encoding} at line "
-                    f"{found[0]} (bytes {found[1]}); pass dataset.encoding=ENCODING (latin-1 or "
+                    f"{found[0]} ({found[1]}); pass dataset.encoding=ENCODING (latin-1 or "
                     "cp1252 for many older corpora), or dataset.errors=replace to read those "
                     "bytes as U+FFFD"
                 ) from None
@@ -250,7 +252,8 @@ def hub(
                 f"dataset '{hub_id}' has no column '{text_column}' (has {split.column_names}); "
                 "set dataset.text_column"
             )
-        out[ours] = split.select_columns([text_column]).rename_column(text_column, "text")
+        split = split.select_columns([text_column])
+        out[ours] = split if text_column == "text" else split.rename_column(text_column, "text")
     return datasets.DatasetDict(out)
 
 

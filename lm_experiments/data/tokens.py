@@ -96,17 +96,22 @@ def count(chunks: list[Chunk]) -> tuple[list[str], np.ndarray]:
     return encoded.dictionary.to_pylist(), counts
 
 
-def ids(chunks: list[Chunk], vocab: Vocabulary, itos: pa.Array | None = None) -> np.ndarray:
+def ids(chunks: list[Chunk], vocab: Vocabulary) -> np.ndarray:
     """The split's id stream: each kept row's token ids, then ``<eos>`` (int32 while the
     vocabulary fits, else int64); a token outside the vocabulary is ``<unk>``."""
     dtype = np.int32 if len(vocab) < 2**31 else np.int64
-    itos = pa.array(vocab.itos, type=pa.large_string()) if itos is None else itos
-    parts = []
-    for chunk in chunks:  # a loop over chunks: the work inside is vectorized
-        type_ids = pc.fill_null(pc.index_in(chunk.types, value_set=itos), UNK_ID)
-        tokens = type_ids.to_numpy(zero_copy_only=False).astype(dtype)[chunk.indices]
-        parts.append(_with_eos(tokens, chunk.lengths))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+    if not chunks:
+        return np.zeros(0, dtype)
+    itos = pa.array(vocab.itos, type=pa.large_string())
+    types = pa.concat_arrays([chunk.types for chunk in chunks])  # one hash lookup for all
+    type_ids = pc.fill_null(pc.index_in(types, value_set=itos), UNK_ID)
+    type_ids = type_ids.to_numpy(zero_copy_only=False).astype(dtype)
+    starts = np.cumsum([0] + [len(chunk.types) for chunk in chunks])
+    parts = [
+        _with_eos(type_ids[start:][chunk.indices], chunk.lengths)  # a loop over chunks
+        for chunk, start in zip(chunks, starts, strict=False)
+    ]
+    return np.concatenate(parts)
 
 
 def _with_eos(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
