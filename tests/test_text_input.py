@@ -19,19 +19,10 @@ LATIN1 = "ok then\nthe caf\xe9 is open\n".encode("latin-1")  # line 2: 0xe9 is n
 
 def files_module(tmp_path, cache_dir, train: bytes, valid=b"a b\n", test=b"a b\n", **options):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, content in (("train", train), ("valid", valid), ("test", test)):
-        paths[split] = tmp_path / f"{split}.txt"
-        paths[split].write_bytes(content)
-    return LMDataModule(
-        name="t",
-        source="text",
-        train_path=str(paths["train"]),
-        valid_path=str(paths["valid"]),
-        test_path=str(paths["test"]),
-        cache_dir=str(cache_dir),
-        **options,
-    )
+    for name, content in (("train", train), ("valid", valid), ("test", test)):
+        (tmp_path / f"{name}.txt").write_bytes(content)
+        options[f"{name}_path"] = str(tmp_path / f"{name}.txt")
+    return LMDataModule(name="t", source="text", cache_dir=str(cache_dir), **options)
 
 
 def words(dm, split="train") -> list[str]:
