@@ -55,17 +55,11 @@ class NGramLM(LanguageModel):
 
     counts_once = True  # train.py: count_and_validate instead of trainer.fit
 
-    def __init__(
-        self,
-        vocab_size: int,
-        order: int = 5,
-        smoothing: str = "kneser_ney",
-        k: float = 1.0,
-        arpa_path: str | None = None,
-    ):
+    def __init__(self, vocab_size: int, **options):
+        """``options``: the net's (``order``, ``smoothing``, ``k``, ``arpa_path``)."""
         super().__init__(vocab_size)
-        self.net = NGramNet(vocab_size, order, smoothing, k, arpa_path)
-        self.order = order
+        self.net = NGramNet(vocab_size, **options)
+        self.order = self.net.order
         self._train_shard: np.ndarray | None = None  # scored once validation can log it
 
     @property
