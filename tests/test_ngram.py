@@ -331,6 +331,22 @@ def test_arpa_files_round_trip_exactly(smoothing, tmp_path):
                 np.testing.assert_array_equal(back.backoff[n], model.backoff[n])
 
 
+def test_an_arpa_file_with_spaces_and_omitted_zero_backoffs_reads_the_same(tmp_path):
+    """SRILM-style lines (spaces, a zero backoff left out) take the line-by-line reader."""
+    model = train_ngram(STREAM, V, 3, "witten_bell")
+    text = export_arpa(model, tmp_path / "tabs.arpa", VOCAB).read_text()
+    loose = tmp_path / "loose.arpa"
+    loose.write_text(
+        "\n".join(line.removesuffix("\t0").replace("\t", "  ") for line in text.split("\n"))
+    )
+    assert "\t" not in loose.read_text()
+    back = load_arpa(loose, VOCAB)
+    for n in range(1, 4):
+        np.testing.assert_array_equal(back.logprob[n], model.logprob[n])
+        if n < 3:
+            np.testing.assert_array_equal(back.backoff[n], model.backoff[n])
+
+
 @pytest.mark.parametrize("smoothing", ["kneser_ney", "witten_bell", "add_k"])
 def test_kenlm_scores_our_arpa_files_as_we_do(smoothing, tmp_path):
     kenlm = pytest.importorskip("kenlm", reason="the kenlm module is not installed (test extra)")

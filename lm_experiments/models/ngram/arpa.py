@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from lm_experiments.data.vocab import EOS_ID, UNK_ID
 from lm_experiments.errors import UserError
@@ -23,96 +27,128 @@ def _itos(vocab) -> list[str]:
     return list(vocab.itos if hasattr(vocab, "itos") else vocab)
 
 
-def _open_text(path, mode: str):
-    path = Path(path)
-    if mode.startswith("r"):
-        with open(path, "rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
-    else:
-        gzipped = path.suffix == ".gz"
-    if gzipped:
-        return gzip.open(path, mode + "t", encoding="utf-8", compresslevel=6)
-    return open(path, mode, encoding="utf-8")
+def _arpa_numbers(values: np.ndarray) -> pa.Array:
+    """Shortest strings that read back as the same float (float64, or float32 as stored; log10 0
+    as -99), formatted by Arrow in C++ rather than one ``repr`` per value."""
+    return pc.cast(pa.array(np.where(np.isneginf(values), ARPA_ZERO, values)), pa.string())
 
 
-def _arpa_number(values: np.ndarray) -> list[str]:
-    """Shortest strings that read back as the same float64 (log10 0 as -99)."""
-    values = np.where(np.isneginf(values), ARPA_ZERO, values)
-    return [repr(v) for v in values.tolist()]
+def _rows_tokens(model: NGramModel, n: int, rows: np.ndarray) -> list[np.ndarray]:
+    """The n token ids of each n-gram ``rows`` of order n (first word first), from the keys:
+    only this chunk's rows, never the [size, n] matrix of the whole order."""
+    columns = []
+    for m in range(n, 1, -1):
+        below = model.size(m - 1)
+        key = model.keys[m][rows]
+        columns.append(key // below)
+        rows = key % below  # the suffix: its index in order m - 1
+    return [*columns, rows]
 
 
-def export_arpa(model, path, vocab=None) -> Path:
+def export_arpa(model, path, vocab=None, chunk: int = 1 << 20) -> Path:
     """Write ``model`` (an :class:`NGramModel` or an :class:`NGramLM`) as an ARPA file (gzipped
     when ``path`` ends in ``.gz``) that KenLM, SRILM and :func:`load_arpa` read.
 
     ``<eos>`` is written ``</s>``, the context id ``<s>`` (log10 p = 0, as lmplz writes it);
-    a probability 0 (``mle``) is -99.
+    a probability 0 (``mle``) is -99. Streamed: ``chunk`` n-grams at a time, each chunk's lines
+    built and written by Arrow (tab-separated, as KenLM writes them).
     """
     if not isinstance(model, NGramModel):  # the LightningModule (or anything with a net)
         vocab = vocab if vocab is not None else model.vocab
         model = model.net.model()
     if vocab is None:
         raise UserError("export_arpa needs the vocabulary (the model's ids have no words)")
-    names = np.array(_itos(vocab) + ["<s>"], dtype=object)
-    if len(names) != model.vocab_size + 1:
-        raise UserError(f"vocabulary of {len(names) - 1} words for a model of {model.vocab_size}")
-    names[EOS_ID], names[UNK_ID] = "</s>", "<unk>"
-    N = model.order
-    path = Path(path)
-    with _open_text(path, "w") as f:
-        f.write("\\data\\\n")
+    itos = [*_itos(vocab), "<s>"]
+    if len(itos) != model.vocab_size + 1:
+        raise UserError(f"vocabulary of {len(itos) - 1} words for a model of {model.vocab_size}")
+    itos[EOS_ID], itos[UNK_ID] = "</s>", "<unk>"
+    names = pa.array(itos, pa.string())
+    N, path = model.order, Path(path)
+    options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    sink = pa.CompressedOutputStream(str(path), "gzip") if path.suffix == ".gz" else None
+    with sink or pa.OSFile(str(path), "wb") as f:
+        counts = "".join(f"ngram {n}={model.size(n)}\n" for n in range(1, N + 1))
+        f.write(f"\\data\\\n{counts}".encode())
         for n in range(1, N + 1):
-            f.write(f"ngram {n}={model.size(n)}\n")
-        for n in range(1, N + 1):
-            f.write(f"\n\\{n}-grams:\n")
-            tokens = model.tokens(n)
-            words = names[tokens[:, 0]]
-            for j in range(1, n):
-                words = words + " " + names[tokens[:, j]]
-            columns = [_arpa_number(model.logprob[n]), words.tolist()]
-            if n < N:
-                columns.append(_arpa_number(model.backoff[n]))
-            f.writelines("\t".join(row) + "\n" for row in zip(*columns, strict=True))
-        f.write("\n\\end\\\n")
+            f.write(f"\n\\{n}-grams:\n".encode())
+            for start in range(0, model.size(n), chunk):
+                rows = np.arange(start, min(start + chunk, model.size(n)))
+                words = [pc.take(names, column) for column in _rows_tokens(model, n, rows)]
+                columns = {"p": _arpa_numbers(model.logprob[n][rows])}
+                columns["w"] = words[0] if n == 1 else pc.binary_join_element_wise(*words, " ")
+                if n < N:
+                    columns["b"] = _arpa_numbers(model.backoff[n][rows])
+                pacsv.write_csv(pa.table(columns), f, options)
+        f.write(b"\n\\end\\\n")
     return path
 
 
-def _read_arpa(path) -> dict[int, tuple[np.ndarray, list[str], np.ndarray]]:
+def _sections(path) -> dict[int, bytes]:
+    """The text of each ``\\n-grams:`` section of an ARPA file (plain or gzipped)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    data = data.split(b"\n\\end\\", 1)[0]
+    heads = list(re.finditer(rb"^\\(\d+)-grams:[ \t\r]*$", data, re.M))
+    ends = [h.start() for h in heads[1:]] + [len(data)]
+    return {int(h.group(1)): data[h.end() + 1 : end] for h, end in zip(heads, ends, strict=True)}
+
+
+def _parse_fast(n: int, text: bytes) -> tuple[np.ndarray, pa.Array, np.ndarray] | None:
+    """Arrow's CSV engine on a section of tab-separated lines, every line with a backoff or none
+    (what KenLM writes); None when the section is not that regular."""
+    first = text.lstrip(b"\r\n").split(b"\n", 1)[0]
+    names = ["p", "w", "b"][: first.count(b"\t") + 1]
+    if len(names) < 2:
+        return None
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(text),
+            read_options=pacsv.ReadOptions(column_names=names),
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"p": pa.float64(), "w": pa.string(), "b": pa.float64()}
+            ),
+        )
+    except (pa.ArrowInvalid, ValueError):
+        return None
+    words = pc.split_pattern(pc.utf8_trim_whitespace(table["w"].combine_chunks()), " ")
+    if (
+        pc.min(pc.list_value_length(words)).as_py() != n
+        or pc.max(pc.list_value_length(words)).as_py() != n
+    ):
+        return None
+    prob = table["p"].to_numpy()
+    backoff = table["b"].to_numpy() if "b" in names else np.zeros(len(prob))
+    return prob, pc.list_flatten(words), backoff
+
+
+def _parse_lines(n: int, text: bytes, path) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+    """Any whitespace, some lines with a backoff and some without (SRILM omits zeros)."""
+    split = [line.split() for line in text.decode("utf-8").splitlines() if line.strip()]
+    if any(len(r) not in (n + 1, n + 2) for r in split):
+        bad = next(r for r in split if len(r) not in (n + 1, n + 2))
+        raise UserError(f"'{path}': malformed {n}-gram line: {' '.join(bad)}")
+    prob = np.array([r[0] for r in split], dtype=np.float64)
+    words = pa.array([w for r in split for w in r[1 : n + 1]], pa.string())
+    backoff = np.array([r[n + 1] if len(r) > n + 1 else "0" for r in split], dtype=np.float64)
+    return prob, words, backoff
+
+
+def _read_arpa(path) -> dict[int, tuple[np.ndarray, pa.Array, np.ndarray]]:
     """Per order n: log10 probabilities [M], the M * n words, backoffs [M] (0 where absent)."""
-    sections: dict[int, list[str]] = {}
-    n = 0
-    with _open_text(path, "r") as f:
-        for line in f:
-            if line.startswith("\\"):
-                line = line.strip()
-                if line.endswith("-grams:"):
-                    n = int(line[1:].split("-")[0])
-                    sections[n] = []
-                elif line == "\\end\\":
-                    break
-            elif n and not line.isspace():
-                sections[n].append(line)
-    if not sections:
+    sections = _sections(path)
+    if 1 not in sections:
         raise UserError(f"'{path}' is not an ARPA file (no \\1-grams: section)")
-    out = {}
-    for n, lines in sections.items():
-        fields = " ".join(lines).split()  # one split for the section: fast
-        for width in (n + 2, n + 1):  # every line with a backoff, or none with one
-            if len(fields) == width * len(lines):
-                rows = [fields[j::width] for j in range(width)]
-                break
-        else:  # some lines with a backoff, some without (SRILM omits zeros): line by line
-            split = [line.split() for line in lines]
-            if any(len(r) not in (n + 1, n + 2) for r in split):
-                bad = next(r for r in split if len(r) not in (n + 1, n + 2))
-                raise UserError(f"'{path}': malformed {n}-gram line: {' '.join(bad)}")
-            rows = [[r[j] for r in split] for j in range(n + 1)]
-            rows.append([r[n + 1] if len(r) > n + 1 else "0" for r in split])
-        prob = np.array(rows[0], dtype=np.float64)
-        words = [w for group in zip(*rows[1 : n + 1], strict=True) for w in group]
-        backoff = np.array(rows[n + 1], dtype=np.float64) if len(rows) > n + 1 else None
-        out[n] = (prob, words, np.zeros(len(prob)) if backoff is None else backoff)
-    return out
+    return {n: _parse_fast(n, s) or _parse_lines(n, s, path) for n, s in sections.items()}
+
+
+def _ids(words: pa.Array, ids: dict[str, int]) -> np.ndarray:
+    """The id of each word (NONE where ``ids`` lacks it), by one hash lookup in C++."""
+    at = pc.index_in(words, value_set=pa.array(list(ids), pa.string()))
+    at = at.fill_null(-1).to_numpy(zero_copy_only=False)
+    return np.where(at >= 0, np.array(list(ids.values()), dtype=np.int64)[at], NONE)
 
 
 def _row_codes(rows: np.ndarray) -> np.ndarray:
@@ -214,7 +250,7 @@ def load_arpa(path, vocab, order: int | None = None) -> NGramModel:
     N = max(sections) if order is None else min(order, max(sections))
     # ids: the vocabulary's, then the file's other words, then <s>
     extra: dict[str, int] = {}
-    for word in sections[1][1]:
+    for word in sections[1][1].to_pylist():  # one per word type
         if word not in stoi and word != "<s>" and word not in extra:
             extra[word] = V + len(extra)
     E = V + len(extra)  # <s> of the extended vocabulary
@@ -222,12 +258,8 @@ def load_arpa(path, vocab, order: int | None = None) -> NGramModel:
     grams: list = [None]
     dropped = 0
     for n in range(1, N + 1):
-        prob, words, bow = sections.get(n, (np.zeros(0), [], np.zeros(0)))
-        try:
-            tok = np.fromiter(map(ids.__getitem__, words), np.int64, len(words))
-        except KeyError:  # a word missing from the 1-grams: that n-gram is dropped below
-            tok = np.fromiter((ids.get(w, NONE) for w in words), np.int64, len(words))
-        tok = tok.reshape(-1, n)
+        prob, words, bow = sections.get(n, (np.zeros(0), pa.array([], pa.string()), np.zeros(0)))
+        tok = _ids(words, ids).reshape(-1, n)  # a word missing from the 1-grams: dropped below
         # well-formed: known words, <s> only first, </s> only last
         ok = (tok >= 0).all(1)
         if n > 1:
