@@ -118,7 +118,7 @@ def run(quick: bool = False) -> str:
         "scoring at least 1M tokens/s. Estimation is single-threaded numpy: per order one sort of "
         "packed (n-gram key, position) words (`group_keys`), `bincount` sums per context, "
         "`searchsorted` lookups, glibc reusing freed arrays meanwhile "
-        "(`_reusing_freed_memory`); each figure is the best of 2 runs in one process. On this "
+        "(`models/ngram/memory.py`); each figure is the best of 2 runs in one process. On this "
         "VM the step exponents vary by about 0.1 from run to run (once by 0.3): fresh memory is "
         "slow to fault in (about 1.8 s per GiB on first touch) and the 16M estimate touches "
         "2.8 GB; the last ratio of time / (n log n), over the whole 1M -> 16M range, is the "

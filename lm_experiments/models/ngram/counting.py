@@ -74,6 +74,20 @@ def group_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     return ordered[first], order[first], inverse, np.diff(first, append=len(keys))
 
 
+def _since_sentence_start(x: np.ndarray, order: int) -> np.ndarray:
+    """Tokens since the last ``<eos>`` before each position (how long a context it can have),
+    capped at ``order``: int16, not one more int64 array the size of the corpus."""
+    L = len(x)
+    last_eos = np.where(x == EOS_ID, np.arange(L), 0)
+    np.maximum.accumulate(last_eos, out=last_eos)
+    since = np.zeros(L, dtype=np.int16)
+    gap = np.arange(1, L) - last_eos[:-1]
+    del last_eos
+    np.minimum(gap, min(order, 2**15 - 1), out=gap)
+    since[1:] = gap
+    return since
+
+
 def count_ngrams(streams, vocab_size: int, order: int) -> NGramCounts:
     """Count the n-grams of ``streams``: one id array, or a list of them, each a run of whole
     sentences (ids, every sentence followed by ``<eos>``; each array starts a sentence)."""
@@ -87,17 +101,14 @@ def count_ngrams(streams, vocab_size: int, order: int) -> NGramCounts:
         raise ValueError(f"token ids must lie in [0, {V}); got {x.min()}..{x.max()}")
     predicted = np.ones(L, dtype=bool)
     predicted[np.cumsum([0] + [len(c) + 1 for c in chunks[:-1]])] = False
-    # tokens since the last <eos> before each position: how long a context it can have
-    is_eos = x == EOS_ID
-    last_eos = np.maximum.accumulate(np.where(is_eos, np.arange(L), 0))
-    since = np.zeros(L, dtype=np.int64)
-    since[1:] = np.arange(1, L) - last_eos[:-1]
-    ctx = np.where(is_eos, bos, x)  # a token read as context: <eos> is <s>
+    since = _since_sentence_start(x, N)
+    ctx = np.where(x == EOS_ID, bos, x)  # a token read as context: <eos> is <s>
+    small = np.int32 if L < 2**31 else np.int64  # counts and indices of the tables below
 
     keys, counts, prefix = [None, None], [None], [None, None]
     counts.append(np.bincount(x[predicted], minlength=V + 1).astype(np.int64))
     pos = np.flatnonzero(predicted)
-    index = x.copy()  # index of the (n-1)-gram ending at each position (order 1: the token)
+    index, x = x, None  # index of the (n-1)-gram ending at each position (order 1: the token)
     size = V + 1
     for n in range(2, N + 1):
         pos = pos[since[pos] >= n - 1]
@@ -106,8 +117,9 @@ def count_ngrams(streams, vocab_size: int, order: int) -> NGramCounts:
         at = pos[order[first]] - 1  # [U]: before one occurrence of each n-gram
         context = ctx[at] if n == 2 else index[at]
         keys.append(ordered[first])
-        counts.append(np.diff(first, append=len(pos)))
-        prefix.append(context)
+        counts.append(np.diff(first, append=len(pos)).astype(small))
+        prefix.append(context.astype(small))
+        del ordered, at, context
         index.fill(NONE)  # reused: a fresh [L] array per order costs page faults, not just time
         index[pos[order]] = rank  # the n-gram ending at each position
         size = len(first)

@@ -67,7 +67,7 @@ class NGramNet(nn.Module):
             counts = count_ngrams(stream, self.vocab_size, self.order)
             if gather is not None:
                 counts = merge_counts(gather(counts))
-            tables = estimate(counts, self.smoothing, self.k)
+            tables = estimate(counts, self.smoothing, self.k, np.float32)
             del counts
             self.tables = tables.compact()
         seconds = time.perf_counter() - started
