@@ -24,6 +24,7 @@ import torch
 from lm_experiments.checkpoints import read_checkpoint
 from lm_experiments.data.batching import ColumnBatches
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX, UNK_ID, Vocabulary
+from lm_experiments.errors import UserError
 from lm_experiments.models.ngram import (
     LN10,
     SMOOTHINGS,
@@ -486,6 +487,24 @@ def test_trained_through_the_harness_it_reproduces_kenlm(tmp_path, cache_dir):
     model = NGramModel.from_state_dict(checkpoint["ngram"])
     assert model.num_ngrams() == [6024, 38515, 58346, 62572, 61490]
     assert metrics["params"] == model.num_values()
+
+
+def test_it_has_no_parameter_and_refuses_a_training_loop(tmp_path, cache_dir, toy_corpus):
+    """Counted, not trained: nothing for an optimizer, and trainer.fit says how to run it."""
+    cfg = compose_config([*toy_overrides(toy_corpus), "model=ngram", *FAST], tmp_path, cache_dir)
+    datamodule, model = build(cfg)
+    assert list(model.parameters()) == [] and model.num_parameters() == 0
+    trainer = L.Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(UserError, match="counted, not trained"):
+        trainer.fit(model, datamodule=datamodule)
+    model.count_and_validate(trainer, datamodule)
+    assert model.results["val"]["tokens"] == scored_tokens(toy_corpus["valid"])
+    assert model.results["train"]["tokens"] == scored_tokens(toy_corpus["train"])
 
 
 def test_it_reads_an_arpa_file_instead_of_counting(tmp_path, cache_dir, toy_corpus):
