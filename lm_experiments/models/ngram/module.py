@@ -12,22 +12,19 @@ larger than this process could count) and nothing is counted.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lm_experiments.checkpoints import read_checkpoint
 from lm_experiments.data.vocab import EOS_ID
 from lm_experiments.errors import UserError
 from lm_experiments.models.base import LanguageModel
 from lm_experiments.models.ngram.net import NGramNet
 from lm_experiments.models.ngram.smoothing import train_ngram
 from lm_experiments.models.ngram.tables import LN10, NGramModel
+from lm_experiments.runtime.checkpoints import read_checkpoint
 
 
 def shard(stream: np.ndarray, rank: int, world: int) -> np.ndarray:
@@ -51,24 +48,6 @@ def all_gather(obj, world: int) -> list:
     gathered: list = [None] * world
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-class StraightToFile(TorchCheckpointIO):
-    """``torch.save`` into a temporary file beside the checkpoint, then a rename: as atomic as
-    Lightning's own writer, without its in-memory copy of the whole serialized checkpoint (two,
-    with ``getvalue``), which for tens of millions of n-grams is the run's peak memory."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 class NGramLM(LanguageModel):
@@ -111,11 +90,7 @@ class NGramLM(LanguageModel):
         if ckpt_path or not train or folder is None:
             return ckpt_path
         path = str(Path(folder) / "last.ckpt")
-        usual, trainer.strategy.checkpoint_io = trainer.strategy.checkpoint_io, StraightToFile()
-        try:
-            trainer.save_checkpoint(path)
-        finally:
-            trainer.strategy.checkpoint_io = usual
+        trainer.save_checkpoint(path)  # train.py's AtomicCheckpointIO: no in-memory copy
         return path
 
     def setup(self, stage: str) -> None:
