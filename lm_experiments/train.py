@@ -145,8 +145,14 @@ def _run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     count_based = getattr(model, "counts_once", False)  # the n-gram: no training loop
     if count_based:  # counted once from the train stream, validated, saved once
+        checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None
         counted_ckpt = model.count_and_validate(
-            trainer, datamodule, ckpt_path, cfg.get("train", True), cfg.get("validate", True)
+            trainer,
+            datamodule,
+            ckpt_path,
+            checkpoint,
+            cfg.get("train", True),
+            cfg.get("validate", True),
         )
     elif cfg.get("train", True):
         try:

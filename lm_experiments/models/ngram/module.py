@@ -24,7 +24,6 @@ from lm_experiments.models.base import LanguageModel
 from lm_experiments.models.ngram.net import NGramNet
 from lm_experiments.models.ngram.smoothing import train_ngram
 from lm_experiments.models.ngram.tables import LN10, NGramModel
-from lm_experiments.runtime.checkpoints import read_checkpoint
 
 
 def shard(stream: np.ndarray, rank: int, world: int) -> np.ndarray:
@@ -75,12 +74,14 @@ class NGramLM(LanguageModel):
         return self.net.num_parameters()
 
     # --- counting, once ---------------------------------------------------------------------
-    def count_and_validate(self, trainer, datamodule, ckpt_path=None, train=True, validate=True):
-        """What ``trainer.fit`` is for a neural model: the tables from ``ckpt_path`` (nothing
-        counted) or counted in ``setup``; validation; one checkpoint (``last.ckpt``) of a newly
-        counted model. Returns the checkpoint that holds this model (None when none does)."""
-        if ckpt_path:
-            checkpoint = read_checkpoint(ckpt_path)
+    def count_and_validate(
+        self, trainer, datamodule, ckpt_path=None, checkpoint=None, train=True, validate=True
+    ):
+        """What ``trainer.fit`` is for a neural model: the tables from ``checkpoint`` (read from
+        ``ckpt_path``; nothing counted) or counted in ``setup``; validation; one checkpoint
+        (``last.ckpt``) of a newly counted model. Returns the checkpoint that holds this model
+        (None when none does)."""
+        if checkpoint is not None:
             self.on_load_checkpoint(checkpoint)
             if train and "ngram_train" in checkpoint:  # the counting pass's figures, as counted
                 self.results["train"] = dict(checkpoint["ngram_train"])
