@@ -18,7 +18,7 @@ import torch
 from lm_experiments.errors import UserError
 from lm_experiments.runtime.checkpoints import read_checkpoint
 from lm_experiments.train import train
-from tests.conftest import FAST, compose_config, run_cli, toy_overrides
+from tests.conftest import FAST, cli_env, compose_config, run_cli, toy_overrides
 from tests.test_fault_tolerance import errors_of
 
 # --- checkpoints know their model -------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pat
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=cli_env(),
         start_new_session=True,
     )
     try:
