@@ -250,9 +250,12 @@ class LanguageModeling(L.LightningModule):
         if self.vocab is not None:
             checkpoint["vocabulary"] = self.vocab.itos
         checkpoint["task_class"] = class_path(self)
-        checkpoint["model_class"] = class_path(self.net if self.net is not None else self)
-        if self.net is not None:
-            checkpoint["model_config"] = self.net.config  # instantiate() rebuilds the net
+        config = getattr(self.net, "config", None)  # a LanguageModelNet's constructor call
+        # a net with a config is rebuilt on its own; a family written as its own LightningModule
+        # (the n-gram, the Transformer adapter) is loaded as that module
+        checkpoint["model_class"] = class_path(self.net if config is not None else self)
+        if config is not None:
+            checkpoint["model_config"] = config  # instantiate() rebuilds the net
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("vocabulary")
