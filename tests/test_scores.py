@@ -1,0 +1,61 @@
+"""Per-sentence score files (``<run_dir>/scores/<split>.parquet``): written by every evaluation of
+every LM family, and adding up exactly to ``metrics.json``'s corpus figures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lm_experiments.compare.scores import BUCKETS, read_scores, scores_path
+from tests.conftest import FAST, compose_config
+
+EMBEDDED = [
+    "dataset=synthetic",
+    "dataset.train_tokens=6000",
+    "dataset.valid_tokens=1500",
+    "dataset.test_tokens=2000",
+    "trainer.max_epochs=1",
+]
+TINY = {
+    "nnlm": ["model=nnlm", "model.embedding_dim=8", "model.hidden_dim=8"],
+    "rnnlm": ["model=rnnlm", "model.embedding_dim=8", "model.hidden_dim=8"],
+    "stacked_rnn": ["model=stacked_rnn", "model.embedding_dim=8", "model.hidden_dim=8"],
+    "lstm": ["model=lstm", "model.embedding_dim=8", "model.hidden_dim=8"],
+    "birnn": ["model=birnn", "model.embedding_dim=8", "model.hidden_dim=8"],
+    "ngram": ["model=ngram", "model.order=3"],
+}
+
+
+def assert_scores_add_up(run_dir, metrics: dict, stage: str) -> dict:
+    """The file's sums reproduce the run's perplexity and token count (float64, exactly)."""
+    scores = read_scores(scores_path(run_dir, stage))
+    assert (scores["sentence"] == np.arange(len(scores["sentence"]))).all()
+    assert scores["nll"].dtype == np.float64
+    assert int(scores["tokens"].sum()) == metrics[f"{stage}/tokens"]
+    forward = metrics.get(f"{stage}/ppl_forward", metrics[f"{stage}/ppl"])
+    ppl = math.exp(scores["nll"].sum() / scores["tokens"].sum())
+    assert ppl == pytest.approx(forward, rel=1e-9)
+    return scores
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_score_files_add_up_to_metrics_for_every_family(family, tmp_path, cache_dir):
+    from lm_experiments.train import train
+
+    metrics = train(compose_config([*TINY[family], *EMBEDDED, *FAST], tmp_path, cache_dir))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for stage in ("val", "test"):
+        scores = assert_scores_add_up(tmp_path, saved, stage)
+        oracle = math.exp(scores["oracle_nll"].sum() / scores["tokens"].sum())
+        assert oracle == pytest.approx(saved[f"{stage}/oracle_ppl"], rel=1e-9)
+        for quantity in ("tokens", "nll", "oracle_nll"):  # the buckets partition every token
+            total = sum(scores[f"{quantity}_{b}"] for b in BUCKETS)
+            np.testing.assert_allclose(total, scores[quantity], rtol=1e-12)
+    if family == "birnn":
+        scores = read_scores(scores_path(tmp_path, "test"))
+        backward = math.exp(scores["nll_backward"].sum() / scores["tokens"].sum())
+        assert backward == pytest.approx(saved["test/ppl_backward"], rel=1e-9)
+    assert metrics["test/ppl"] == saved["test/ppl"]
