@@ -59,3 +59,36 @@ def test_score_files_add_up_to_metrics_for_every_family(family, tmp_path, cache_
         backward = math.exp(scores["nll_backward"].sum() / scores["tokens"].sum())
         assert backward == pytest.approx(saved["test/ppl_backward"], rel=1e-9)
     assert metrics["test/ppl"] == saved["test/ppl"]
+
+
+def test_two_processes_write_the_one_process_score_file(tmp_path, cache_dir):
+    """2-process gloo DDP: rank 0 writes the rows of all ranks, in corpus order, as one process."""
+    from tests.test_ddp import DDP, one_and_two_processes
+
+    run = [*TINY["lstm"], *EMBEDDED, *FAST, "model.dropout=0.0", "dataset.eval_batch_size=4"]
+    _, double, _ = one_and_two_processes(run, [], DDP, tmp_path, cache_dir)
+    for stage in ("val", "test"):
+        one = read_scores(scores_path(tmp_path / "one", stage))
+        two = assert_scores_add_up(tmp_path / "two", double, stage)
+        assert sorted(one) == sorted(two)
+        np.testing.assert_array_equal(two["tokens"], one["tokens"])
+        for column in one:
+            np.testing.assert_allclose(two[column], one[column], rtol=1e-6, err_msg=column)
+
+
+def test_a_trigram_misses_more_beyond_its_reach_than_within_it(tmp_path, cache_dir):
+    """A 3-gram sees two tokens back: its excess NLL per token over the generator's is larger
+    where the deciding word is 4 or more tokens back than where it is 1-3 back."""
+    from lm_experiments.train import train
+
+    corpus = ["dataset=synthetic", "dataset.train_tokens=40000", "dataset.test_tokens=10000"]
+    train(compose_config(["model=ngram", "model.order=3", *corpus, *FAST], tmp_path, cache_dir))
+    scores = read_scores(scores_path(tmp_path, "test"))
+
+    def excess(buckets):
+        nll = sum(scores[f"nll_{b}"].sum() - scores[f"oracle_nll_{b}"].sum() for b in buckets)
+        return nll / sum(scores[f"tokens_{b}"].sum() for b in buckets)
+
+    beyond = [b for b in BUCKETS if b not in ("none", "1-3")]
+    assert sum(scores[f"tokens_{b}"].sum() for b in beyond) > 100
+    assert excess(beyond) > excess(["1-3"]) > 0
