@@ -92,3 +92,34 @@ def test_a_trigram_misses_more_beyond_its_reach_than_within_it(tmp_path, cache_d
     beyond = [b for b in BUCKETS if b not in ("none", "1-3")]
     assert sum(scores[f"tokens_{b}"].sum() for b in beyond) > 100
     assert excess(beyond) > excess(["1-3"]) > 0
+
+
+def test_score_app_scores_a_kenlm_arpa_file_per_sentence_as_kenlm(tmp_path, cache_dir):
+    """``python -m lm_experiments.score model=ngram model.arpa_path=...``: KenLM's own 3-gram
+    joins a comparison; the file's rows are KenLM's own per-sentence log10 probabilities."""
+    from tests.conftest import run_cli, shared_path
+
+    folder = shared_path("reference", "kenlm", "ptb-mini")
+    result = run_cli(
+        [
+            "model=ngram",
+            "model.order=3",
+            f"model.arpa_path={folder / 'order3.arpa.gz'}",
+            "dataset=text",
+            f"dataset.train_path={folder / 'train.txt'}",
+            f"dataset.valid_path={folder / 'valid.txt'}",
+            f"dataset.test_path={folder / 'test.txt'}",
+            *FAST,
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"paths.cache_dir={cache_dir}",
+        ],
+        cwd=tmp_path,
+        module="lm_experiments.score",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    scores = assert_scores_add_up(tmp_path / "run", metrics, "test")
+    lines = (folder / "order3.test.scores.tsv").read_text().splitlines()[1:]
+    kenlm = np.array([[float(x) for x in line.split("\t")[1:]] for line in lines])  # [n, 2]
+    np.testing.assert_array_equal(scores["tokens"], kenlm[:, 0])
+    np.testing.assert_allclose(scores["nll"], -kenlm[:, 1] * math.log(10), rtol=1e-5)
