@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lm_experiments.data.synthetic import DISTANCE_BUCKETS, distance_bucket
 from lm_experiments.errors import UserError
 
 SCORES_DIR = "scores"
-#: distance buckets: tokens back to the word that decided a token ("none": nothing earlier did)
-BUCKETS = ("none", "1-3", "4-6", "7-10", "11+")
-#: the first distance of each bucket after "none" (distance 0 means "none")
-BUCKET_STARTS = (1, 4, 7, 11)
+#: distance buckets: tokens back to the word that decided a token ("none": nothing earlier did);
+#: the grammar's own definition (``data/synthetic/annotations.py``), so the two cannot drift apart
+BUCKETS = DISTANCE_BUCKETS
 INTEGER_COLUMNS = ("sentence", "tokens", "correct", "labels")
 
 
@@ -55,8 +55,7 @@ def bucket_column(quantity: str, bucket: str) -> str:
 def bucket_of_distance(distance: np.ndarray) -> np.ndarray:
     """Each token's bucket index into :data:`BUCKETS` (0 = none: distance 0 or less)."""
     distance = np.asarray(distance)
-    buckets = np.searchsorted(BUCKET_STARTS, distance, side="right")  # 1 -> 1, 3 -> 1, 4 -> 2
-    return np.where(distance > 0, buckets, 0)
+    return np.where(distance > 0, distance_bucket(distance), 0)  # 1 -> 1, 3 -> 1, 4 -> 2
 
 
 def sentence_of_token(is_end: np.ndarray) -> np.ndarray:

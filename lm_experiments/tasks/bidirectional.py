@@ -63,11 +63,15 @@ class BidirectionalLanguageModeling(LanguageModeling):
         tokens = mask.sum()
         self.direction_ppl[f"{stage}_forward"].update(forward[mask].double().sum(), tokens)
         if stage != "train":
+            self._kept[stage].keep("nll", forward)
             self._pending[stage].append((inputs, targets))
             return forward / 2, state
         backward = self.net.backward_nll(inputs, targets)
         self.direction_ppl["train_backward"].update(backward[mask].double().sum(), tokens)
         return (forward + backward) / 2, state
+
+    def keep_scores(self, stage: str, nll: torch.Tensor) -> None:
+        """Nothing here: ``scored_nll`` keeps the forward LM, ``_finish_backward`` the backward."""
 
     @torch.no_grad()
     def _finish_backward(self, stage: str) -> None:
@@ -78,6 +82,7 @@ class BidirectionalLanguageModeling(LanguageModeling):
         inputs = torch.cat([x for x, _ in pending], dim=1)  # [B, L]: whole columns
         targets = torch.cat([y for _, y in pending], dim=1)
         backward = self.net.backward_nll(inputs, targets, chunk=self.eval_chunk)
+        self._kept[stage].keep("nll_backward", backward)
         mask = targets != IGNORE_INDEX
         nll_sum = backward[mask].double().sum()  # float64, as the task sums
         self.direction_ppl[f"{stage}_backward"].update(nll_sum, mask.sum())
@@ -113,7 +118,7 @@ class BidirectionalLanguageModeling(LanguageModeling):
         self._log_directions("train")
 
     def on_validation_epoch_end(self):
-        self._finish_backward("val")
+        self._finish_backward("val")  # before the score file is written
         super().on_validation_epoch_end()
         self._log_directions("val")
 

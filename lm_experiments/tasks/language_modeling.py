@@ -30,6 +30,7 @@ from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX, Vocabulary
 from lm_experiments.errors import UserError
 from lm_experiments.models.net import LanguageModelNet, detach_state
 from lm_experiments.tasks.perplexity import CorpusPerplexity
+from lm_experiments.tasks.scoring import KeptScores, write_epoch_scores
 
 STAGES = ("train", "val", "test")
 
@@ -83,6 +84,7 @@ class LanguageModeling(L.LightningModule):
         self.train_ppl, self.val_ppl, self.test_ppl = (CorpusPerplexity() for _ in STAGES)
         self.register_buffer("best_val_ppl", torch.tensor(math.inf, dtype=torch.float64))
         self._state: dict[str, object] = {}
+        self._kept = {"val": KeptScores(), "test": KeptScores()}  # per-sentence score files
         self._train_seconds = 0.0
         #: the latest corpus-level figures per stage, in full precision (read by train.py)
         self.results: dict[str, dict[str, float]] = {}
@@ -132,7 +134,19 @@ class LanguageModeling(L.LightningModule):
         # the perplexity's sum adds the tokens' NLLs in float64, so it does not depend on how a
         # split is cut into batches or ranks (a float32 batch sum would, in its 7th digit)
         getattr(self, f"{stage}_ppl").update(nll.detach().double().sum(), tokens, zero_prob)
+        if stage in self._kept:
+            self._kept[stage].keep_targets(targets)
+            self.keep_scores(stage, nll)
         return nll_sum, tokens
+
+    def keep_scores(self, stage: str, nll: torch.Tensor) -> None:
+        """Keep an evaluation batch's per-token NLL [B, T] for the score file (the biRNN keeps
+        each direction itself)."""
+        self._kept[stage].keep("nll", nll)
+
+    def _write_scores(self, stage: str) -> None:
+        kept, self._kept[stage] = self._kept[stage], KeptScores()
+        write_epoch_scores(self, stage, kept)
 
     def training_step(self, batch, batch_idx):
         nll_sum, tokens = self._scored(batch, "train")
@@ -164,9 +178,11 @@ class LanguageModeling(L.LightningModule):
 
     def on_validation_epoch_start(self):
         self._state["val"] = None
+        self._kept["val"] = KeptScores()
 
     def on_test_epoch_start(self):
         self._state["test"] = None
+        self._kept["test"] = KeptScores()
 
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_started = time.perf_counter()
@@ -199,6 +215,7 @@ class LanguageModeling(L.LightningModule):
         self._train_seconds = 0.0
 
     def on_validation_epoch_end(self):
+        self._write_scores("val")
         out = self._log_perplexity("val")
         if not self.trainer.sanity_checking:
             self.best_val_ppl.fill_(min(self.best_val_ppl.item(), out["ppl"]))
@@ -206,6 +223,7 @@ class LanguageModeling(L.LightningModule):
         self.log("val/ppl_best", out["ppl_best"], prog_bar=True)
 
     def on_test_epoch_end(self):
+        self._write_scores("test")
         self._log_perplexity("test")
 
     # --- optimisation ---------------------------------------------------------------------------
