@@ -42,7 +42,8 @@ TRAIN = [
     "model.dropout=0.0",  # dropout masks are drawn per rank: they cannot match one process's
 ]
 DDP = ["trainer=ddp_cpu", "trainer.devices=2"]
-MODELS = ["nnlm", "rnnlm", "stacked_rnn", "birnn", "transformer"]  # one -m sweep (they share the overrides)
+# one -m sweep (they share the overrides)
+MODELS = ["nnlm", "rnnlm", "stacked_rnn", "birnn", "transformer"]
 
 
 def step_losses(run_dir: Path) -> list[float]:
