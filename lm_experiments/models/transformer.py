@@ -163,40 +163,11 @@ class TransformerNet(nn.Module):
 
 class TransformerLM(LanguageModel):
     """``TransformerNet`` under today's ``LanguageModel`` base (the base owns the accounting, the
-    carried memory, checkpoints and generation)."""
+    carried memory, checkpoints and generation); ``options`` are the net's."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        embedding_dim: int = 128,
-        num_heads: int = 4,
-        num_layers: int = 2,
-        hidden_dim: int = 512,
-        context: int = 64,
-        memory: int | None = None,
-        positions: str = "sinusoidal",
-        dropout: float = 0.1,
-        tie_weights: bool = True,
-        softmax: str = "full",
-        cutoffs: list[int] | None = None,
-        optimizer=None,
-        scheduler=None,
-    ):
-        super().__init__(vocab_size, optimizer, scheduler)
-        self.net = TransformerNet(
-            vocab_size,
-            embedding_dim=embedding_dim,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            hidden_dim=hidden_dim,
-            context=context,
-            memory=memory,
-            positions=positions,
-            dropout=dropout,
-            tie_weights=tie_weights,
-            softmax=softmax,
-            cutoffs=cutoffs,
-        )
+    def __init__(self, vocab_size: int, optimizer=None, scheduler=None, **options):
+        super().__init__(vocab_size, optimizer, scheduler)  # hparams: vocab_size and options
+        self.net = TransformerNet(vocab_size, **options)
 
     def init_state(self, batch_size: int):
         return self.net.init_state(batch_size, self.device)
