@@ -10,8 +10,9 @@ import lightning as L
 import pytest
 import torch
 
+from lm_experiments.data.vocab import EOS_ID
 from lm_experiments.errors import UserError
-from lm_experiments.models.transformer import TransformerNet
+from lm_experiments.models.transformer import TransformerLM, TransformerNet
 from lm_experiments.train import build
 from lm_experiments.utils import instantiate
 from tests.conftest import FAST, compose_config, toy_overrides
@@ -21,9 +22,9 @@ V, CONTEXT, LAYERS = 12, 6, 2
 SPLITS = [(0, 5), (5, 6), (6, 19), (19, 30)]  # segments of 5, 1, 13 and 11 tokens
 
 
-def net(positions: str = "sinusoidal", **options) -> TransformerNet:
+def net(positions: str = "sinusoidal", seed: int = 0, **options) -> TransformerNet:
     """An untrained net with weights large enough that every input moves every reachable NLL."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = TransformerNet(
         V, embedding_dim=16, num_heads=4, num_layers=LAYERS, hidden_dim=32, context=CONTEXT,
         positions=positions, dropout=0.0, **options,
@@ -88,6 +89,25 @@ def test_a_token_reaches_through_the_memory_exactly_as_far_as_the_layers_reach()
     reach = 3 + LAYERS * (CONTEXT - 1)
     assert moved[reach] and moved[SPLITS[2][0]]  # beyond the first segment, through the memory
     assert not moved[:2].any() and not moved[reach + 1 :].any()
+
+
+def test_greedy_generation_token_by_token_through_the_memory_is_the_one_pass_argmax():
+    """Generation feeds one token a batch: the memory must give each step the context one pass
+    over the sentence gives it, so every greedy token is that pass's argmax after its prefix."""
+    torch.manual_seed(0)
+    lm = TransformerLM(V, embedding_dim=16, num_heads=4, hidden_dim=32, context=CONTEXT)
+    lengths = []
+    for seed in range(3):  # weights that make the argmax depend on the context
+        lm.net = net(seed=seed)
+        (ids,) = lm.generate(num_samples=1, max_length=12, temperature=0)
+        x = torch.tensor([[EOS_ID, *ids]])
+        with torch.no_grad():
+            logits, _ = lm.net(x, lm.net.init_state(1))  # [1, n + 1, V]
+        expected = logits[0].argmax(-1).tolist()  # the greedy choice after each prefix
+        assert expected[: len(ids)] == ids
+        assert len(ids) == 12 or expected[len(ids)] == EOS_ID  # it stopped where <eos> won
+        lengths.append(len(ids))
+    assert max(lengths) > CONTEXT  # beyond one window: the memory slid along
 
 
 def test_evaluation_does_not_depend_on_bptt(tmp_path, cache_dir, toy_corpus):
