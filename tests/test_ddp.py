@@ -42,7 +42,8 @@ TRAIN = [
     "model.dropout=0.0",  # dropout masks are drawn per rank: they cannot match one process's
 ]
 DDP = ["trainer=ddp_cpu", "trainer.devices=2"]
-MODELS = ["nnlm", "rnnlm", "stacked_rnn", "birnn"]  # one -m sweep (they share the overrides)
+# one -m sweep (they share the overrides)
+MODELS = ["nnlm", "rnnlm", "stacked_rnn", "birnn", "transformer"]
 
 
 def step_losses(run_dir: Path) -> list[float]:
@@ -186,7 +187,7 @@ def assert_two_processes_evaluate_as_one(
     assert result.stdout.count("test perplexity:") == 1  # rank 0 reports, rank 1 is silent
 
 
-@pytest.mark.parametrize("model", ["rnnlm", "birnn"])  # the biRNN: its epoch-end backward pass
+@pytest.mark.parametrize("model", ["rnnlm", "birnn", "transformer"])  # biRNN: its epoch-end pass
 def test_evaluating_a_checkpoint_on_two_processes_equals_one(
     ddp_sweep, model, tmp_path, cache_dir, toy_corpus
 ):

@@ -26,7 +26,7 @@ from lm_experiments.train import build, build_net
 from lm_experiments.utils import instantiate
 from tests.conftest import FAST, compose_config, toy_overrides
 
-FAMILIES = ["rnnlm", "nnlm", "stacked_rnn", "lstm", "birnn"]
+FAMILIES = ["rnnlm", "nnlm", "stacked_rnn", "lstm", "birnn", "transformer"]
 ALL_FAMILIES = [*FAMILIES, "ngram"]
 V = 12  # vocabulary size of the untrained models
 

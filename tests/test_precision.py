@@ -12,7 +12,7 @@ from lm_experiments.tasks.language_modeling import LanguageModeling
 from lm_experiments.train import train
 from tests.conftest import FAST, SPY, TrainingSpy, compose_config, toy_overrides
 
-NEURAL = ["rnnlm", "lstm", "stacked_rnn", "nnlm", "birnn"]
+NEURAL = ["rnnlm", "lstm", "stacked_rnn", "nnlm", "birnn", "transformer"]
 SMALL = [
     "model.embedding_dim=16",
     "model.hidden_dim=32",

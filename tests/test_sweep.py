@@ -240,6 +240,7 @@ def test_compare_architectures_sweeps_every_family_on_the_embedded_corpus(tmp_pa
         ("rnnlm_optuna", "rnnlm", {"model.optimizer.lr", "model.hidden_dim", "dataset.bptt"}),
         ("lstm_optuna", "lstm", {"model.optimizer.lr", "model.hidden_dim", "dataset.bptt"}),
         ("nnlm_optuna", "nnlm", {"model.optimizer.lr", "model.hidden_dim", "model.window"}),
+        ("transformer_optuna", "transformer", {"model.optimizer.lr", "model.context"}),
     ],
 )
 def test_hparams_searches_store_their_study_beside_the_sweeps(tmp_path, search, model, keys):
