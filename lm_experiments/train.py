@@ -42,7 +42,11 @@ def build(cfg: DictConfig):
         model = _build_legacy(cfg, datamodule)
     else:
         net = build_net(cfg.model, len(vocab))
-        model = instantiate(cfg.task, net=net, vocab=vocab, oracle_ppl=datamodule.oracle_ppl)
+        labelled = {"labels": datamodule.labels, "majority": datamodule.majority}
+        extra = labelled if hasattr(datamodule, "labels") else {}  # classify / tag data
+        model = instantiate(
+            cfg.task, net=net, vocab=vocab, oracle_ppl=datamodule.oracle_ppl, **extra
+        )
     datamodule.train_window = model.train_window  # shuffled windows, or carried-state columns
     return datamodule, model
 
