@@ -42,8 +42,9 @@ def build(cfg: DictConfig):
         model = _build_legacy(cfg, datamodule)
     else:
         net = build_net(cfg.model, len(vocab))
-        labelled = {"labels": datamodule.labels, "majority": datamodule.majority}
-        extra = labelled if hasattr(datamodule, "labels") else {}  # classify / tag data
+        extra = {}  # classify / tag data: the label set and the train majority
+        if hasattr(datamodule, "labels"):
+            extra = {"labels": datamodule.labels, "majority": datamodule.majority}
         model = instantiate(
             cfg.task, net=net, vocab=vocab, oracle_ppl=datamodule.oracle_ppl, **extra
         )
