@@ -24,13 +24,11 @@ import time
 import lightning as L
 import torch
 import torch.distributed
-from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils._pytree import tree_map
 
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX, Vocabulary
 from lm_experiments.errors import UserError
 from lm_experiments.models.net import LanguageModelNet, detach_state
-from lm_experiments.resilience import gather_per_rank, training_position
 from lm_experiments.tasks.perplexity import CorpusPerplexity
 
 STAGES = ("train", "val", "test")
@@ -151,12 +149,6 @@ class LanguageModeling(L.LightningModule):
             torch.distributed.all_reduce(totals)  # sum over ranks
             loss = nll_sum * world / totals[1].clamp(min=1)
             global_loss = (totals[0] / totals[1].clamp(min=1)).float()
-        if not torch.isfinite(global_loss):  # every rank sees the same value: all stop together
-            raise UserError(
-                f"training diverged: the loss became {global_loss.item()} at step "
-                f"{self.global_step}; lower model.optimizer.lr or set trainer.gradient_clip_val "
-                "(the last good checkpoint was kept)"
-            )
         self.log("train/loss", global_loss, prog_bar=True, batch_size=batch[0].size(0))
         return loss
 
@@ -229,7 +221,7 @@ class LanguageModeling(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "monitor": "val/ppl", "interval": "epoch"},
         }
 
-    # --- what a resume inside an epoch needs (plain data; no collectives, no trainer) -------------
+    # --- what a resume inside an epoch needs (saved per rank by lm_experiments/runtime/resume.py) --
     def resume_state(self) -> dict:
         """This rank's carried training state, the epoch's partial sums of every
         CorpusPerplexity (e.g. per direction) and its training seconds so far."""
@@ -261,15 +253,6 @@ class LanguageModeling(L.LightningModule):
         checkpoint["model_class"] = class_path(self.net if self.net is not None else self)
         if self.net is not None:
             checkpoint["model_config"] = self.net.config  # instantiate() rebuilds the net
-        trainer = self._trainer
-        position = training_position(trainer)
-        if position and position["batches"] > 0:
-            # saved inside an epoch: what the next batch builds on, per rank (each rank carries
-            # its own columns), so that a resume continues exactly (resilience.py)
-            checkpoint["carried"] = {
-                "position": position,
-                "ranks": gather_per_rank(self.resume_state(), trainer),
-            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("vocabulary")
@@ -277,16 +260,6 @@ class LanguageModeling(L.LightningModule):
             check_vocabulary(saved, self.vocab)
             if self.vocab is None:
                 self.vocab = Vocabulary(saved)
-        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        if "carried" in checkpoint and fitting:
-            ranks, world = checkpoint["carried"]["ranks"], self.trainer.world_size
-            if len(ranks) != world:
-                raise UserError(
-                    f"this checkpoint was saved inside an epoch by {len(ranks)} processes, so it "
-                    f"resumes only on {len(ranks)} (got {world}): set trainer.devices/num_nodes "
-                    "accordingly, or resume from an end-of-epoch checkpoint"
-                )
-            self.load_resume_state(ranks[self.trainer.global_rank])
 
     # --- generation: feed each sampled token back in ----------------------------------------------
     @torch.no_grad()

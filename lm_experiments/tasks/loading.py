@@ -8,7 +8,7 @@ import importlib
 import lightning as L
 from hydra.utils import instantiate
 
-from lm_experiments.checkpoints import model_class, read_checkpoint
+from lm_experiments.runtime.checkpoints import model_class, read_checkpoint
 
 
 def _resolve(path: str):
