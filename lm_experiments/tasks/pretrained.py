@@ -7,10 +7,10 @@ one starts fresh: a causal LM has none)."""
 
 from __future__ import annotations
 
-from lm_experiments.runtime.checkpoints import read_checkpoint
 from lm_experiments.data.vocab import Vocabulary
 from lm_experiments.errors import UserError
 from lm_experiments.models.encoders import RecurrentEncoder
+from lm_experiments.runtime.checkpoints import read_checkpoint
 from lm_experiments.tasks.language_modeling import check_vocabulary
 
 PREFIX = "net.encoder."
