@@ -102,3 +102,23 @@ def test_pooling_last_reads_the_first_word_of_a_long_sentence_and_bag_of_words_c
     torch.manual_seed(0)
     rnn = SentenceClassifier(RecurrentEncoder(12, 16, 32, cell="lstm", bidirectional=True), 2)
     assert bag_acc < 0.65 < fit(rnn, order, steps=400), bag_acc
+
+
+def test_two_ddp_processes_give_one_process_accuracy(tmp_path, cache_dir):
+    """RankShare splits every batch of the shared order between the ranks, none repeated, and
+    torchmetrics sums the counts: the same sentences, the same figures."""
+    files = write_labels(tmp_path, first_word_label, sizes=(128, 30, 31))
+    metrics = {}
+    for name, trainer in (
+        ("one", ["trainer.devices=1"]),
+        ("two", ["trainer=ddp_cpu", "trainer.devices=2"]),
+    ):
+        run = tmp_path / name
+        args = ["task=classify", "model=lstm", "model.dropout=0", *file_overrides("labels", files)]
+        args += [*SMALL, *trainer, "trainer.accelerator=cpu", "logger=none", "callbacks=none"]
+        args += [f"paths.output_dir={run}", f"paths.cache_dir={cache_dir}", "print_config=false"]
+        done = run_cli([*args, "trainer.enable_progress_bar=false"], tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        metrics[name] = json.loads((run / "metrics.json").read_text())
+    for key in ("test/acc", "test/majority_acc", "val/acc"):
+        assert metrics["one"][key] == pytest.approx(metrics["two"][key], abs=1e-6), key

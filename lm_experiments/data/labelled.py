@@ -235,17 +235,15 @@ class LabelledDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         data = self.encoded(split)
         world = self.trainer.world_size if self.trainer is not None else 1
-        sampler = None
-        if world > 1:
-            sampler = RankShare(data, shuffle=shuffle, seed=self.seed)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        # one order for any world size: one process and several see the same batches
+        sampler = RankShare(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
         return DataLoader(
             data,
             batch_size=max(1, batch_size // world),
-            shuffle=shuffle and sampler is None,
             sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader:
