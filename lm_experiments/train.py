@@ -166,7 +166,18 @@ def _run(cfg: DictConfig) -> dict:
     wandb_extras.start(loggers, _model_name(cfg, model), datamodule.name)  # W&B only: tags
 
     started = time.perf_counter()
-    if cfg.get("train", True):
+    count_based = getattr(model, "counts_once", False)  # the n-gram: no training loop
+    if count_based:  # counted once from the train stream, validated, saved once
+        checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None
+        counted_ckpt = model.count_and_validate(
+            trainer,
+            datamodule,
+            ckpt_path,
+            checkpoint,
+            cfg.get("train", True),
+            cfg.get("validate", True),
+        )
+    elif cfg.get("train", True):
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:  # stopped on a signal, after saving a resumable checkpoint
@@ -175,7 +186,9 @@ def _run(cfg: DictConfig) -> dict:
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     train_seconds = time.perf_counter() - started
 
-    if cfg.get("test", True):
+    if cfg.get("test", True) and count_based:
+        trainer.test(model, datamodule=datamodule)  # the weights in memory are the checkpoint's
+    elif cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not cfg.get("train", True):
             best = ckpt_path
@@ -188,13 +201,15 @@ def _run(cfg: DictConfig) -> dict:
         "dataset": datamodule.name,
         "params": model.num_parameters(),
         "train_seconds": train_seconds,
-        "epochs": trainer.current_epoch,
+        "epochs": 1 if count_based and cfg.get("train", True) else trainer.current_epoch,
         "run_dir": str(output_dir),
     }
     for stage, results in model.results.items():
         metrics.update({f"{stage}/{key}": value for key, value in results.items()})
     if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
         metrics["best_checkpoint"] = trainer.checkpoint_callback.best_model_path
+    if count_based and counted_ckpt:
+        metrics["best_checkpoint"] = counted_ckpt
     if trainer.is_global_zero:
         write_json_atomic(output_dir / "metrics.json", finite_or_null(metrics))
         if "test/ppl" in metrics:

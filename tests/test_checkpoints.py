@@ -59,6 +59,21 @@ def test_a_checkpoint_evaluates_and_resumes_as_what_it_is_without_model(
     assert resumed["model"] == "lstm" and resumed["epochs"] == 2
 
 
+def test_a_birnn_checkpoint_evaluates_with_its_own_task_without_model(
+    tmp_path, toy_corpus, cache_dir
+):
+    birnn = ["model=birnn", "model.hidden_dim=8", "model.embedding_dim=8", "trainer.max_epochs=1"]
+    trained = train(
+        compose_config([*toy_overrides(toy_corpus), *FAST, *birnn], tmp_path / "t", cache_dir)
+    )
+    evaluate = [*toy_overrides(toy_corpus), *FAST, "train=false"]
+    evaluate.append(f"ckpt_path={trained['best_checkpoint']}")  # no model=birnn
+    evaluated = train(compose_config(evaluate, tmp_path / "eval", cache_dir))
+    # the bidirectional task, not the plain LM one: each direction's perplexity, as trained
+    assert evaluated["test/ppl_forward"] == trained["test/ppl_forward"]
+    assert evaluated["test/ppl"] == trained["test/ppl"]
+
+
 def test_a_checkpoint_of_another_family_or_size_is_refused_with_one_line(
     tmp_path, toy_corpus, cache_dir, lstm_run
 ):

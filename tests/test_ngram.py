@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 from collections import Counter
 
 import lightning as L
@@ -25,6 +23,7 @@ import torch
 
 from lm_experiments.data.batching import ColumnBatches
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX, UNK_ID, Vocabulary
+from lm_experiments.errors import UserError
 from lm_experiments.models.ngram import (
     LN10,
     SMOOTHINGS,
@@ -34,10 +33,11 @@ from lm_experiments.models.ngram import (
     export_arpa,
     group_keys,
     load_arpa,
+    merge_counts,
     train_ngram,
 )
+from lm_experiments.models.ngram.module import shard
 from lm_experiments.runtime.checkpoints import read_checkpoint
-from lm_experiments.runtime.signals import RunInterrupted
 from lm_experiments.train import build, train
 from tests.conftest import FAST, compose_config, scored_tokens, shared_path, toy_overrides
 
@@ -181,6 +181,22 @@ def test_counts_are_those_of_the_sentences_padded_with_one_start_symbol():
     assert counts.tokens == len(STREAM)
 
 
+@pytest.mark.parametrize("world", [2, 3, 7])
+def test_the_ranks_shards_cover_the_stream_and_their_merged_counts_are_the_whole_streams(world):
+    """What the DDP ranks do: each counts its shard (whole sentences), the counts are merged."""
+    shards = [shard(STREAM, rank, world) for rank in range(world)]
+    np.testing.assert_array_equal(np.concatenate(shards), STREAM)
+    assert all(len(s) == 0 or s[-1] == EOS_ID for s in shards)  # cut at sentence ends
+    merged = merge_counts([count_ngrams(s, V, order=4) for s in shards])
+    whole = count_ngrams(STREAM, V, order=4)
+    assert merged.tokens == whole.tokens
+    for n in range(1, 5):
+        np.testing.assert_array_equal(merged.counts[n], whole.counts[n])
+        if n > 1:
+            np.testing.assert_array_equal(merged.keys[n], whole.keys[n])
+            np.testing.assert_array_equal(merged.prefix[n], whole.prefix[n])
+
+
 # 2**50: key and position (13 bits) fill 63 bits exactly; 2**51 and up: an indirect sort
 @pytest.mark.parametrize("high", [50, 2**40, 2**50, 2**51, 2**62])
 def test_grouping_keys_is_np_unique(high):
@@ -314,6 +330,22 @@ def test_arpa_files_round_trip_exactly(smoothing, tmp_path):
             np.testing.assert_array_equal(back.logprob[n], model.logprob[n])  # -inf too
             if n < 4:
                 np.testing.assert_array_equal(back.backoff[n], model.backoff[n])
+
+
+def test_an_arpa_file_with_spaces_and_omitted_zero_backoffs_reads_the_same(tmp_path):
+    """SRILM-style lines (spaces, a zero backoff left out) take the line-by-line reader."""
+    model = train_ngram(STREAM, V, 3, "witten_bell")
+    text = export_arpa(model, tmp_path / "tabs.arpa", VOCAB).read_text()
+    loose = tmp_path / "loose.arpa"
+    loose.write_text(
+        "\n".join(line.removesuffix("\t0").replace("\t", "  ") for line in text.split("\n"))
+    )
+    assert "\t" not in loose.read_text()
+    back = load_arpa(loose, VOCAB)
+    for n in range(1, 4):
+        np.testing.assert_array_equal(back.logprob[n], model.logprob[n])
+        if n < 3:
+            np.testing.assert_array_equal(back.backoff[n], model.backoff[n])
 
 
 @pytest.mark.parametrize("smoothing", ["kneser_ney", "witten_bell", "add_k"])
@@ -457,6 +489,24 @@ def test_trained_through_the_harness_it_reproduces_kenlm(tmp_path, cache_dir):
     assert metrics["params"] == model.num_values()
 
 
+def test_it_has_no_parameter_and_refuses_a_training_loop(tmp_path, cache_dir, toy_corpus):
+    """Counted, not trained: nothing for an optimizer, and trainer.fit says how to run it."""
+    cfg = compose_config([*toy_overrides(toy_corpus), "model=ngram", *FAST], tmp_path, cache_dir)
+    datamodule, model = build(cfg)
+    assert list(model.parameters()) == [] and model.num_parameters() == 0
+    trainer = L.Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(UserError, match="counted, not trained"):
+        trainer.fit(model, datamodule=datamodule)
+    model.count_and_validate(trainer, datamodule)
+    assert model.results["val"]["tokens"] == scored_tokens(toy_corpus["valid"])
+    assert model.results["train"]["tokens"] == scored_tokens(toy_corpus["train"])
+
+
 def test_it_reads_an_arpa_file_instead_of_counting(tmp_path, cache_dir, toy_corpus):
     cfg = compose_config([*toy_overrides(toy_corpus), "model=ngram", *FAST], tmp_path, cache_dir)
     datamodule, _ = build(cfg)
@@ -474,30 +524,28 @@ def test_it_reads_an_arpa_file_instead_of_counting(tmp_path, cache_dir, toy_corp
     assert model.results["test"]["ppl"] == pytest.approx(expected, rel=1e-6)
 
 
-class SignalAtBatch(L.Callback):
-    """Sends this process SIGTERM during one training batch (a scheduler's preemption)."""
-
-    def __init__(self, batch: int):
-        self.batch = batch
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-def test_a_run_stopped_inside_the_counting_pass_resumes_exactly(tmp_path, cache_dir, toy_corpus):
+def test_one_checkpoint_of_tables_resumes_exactly_without_counting_again(
+    tmp_path, cache_dir, toy_corpus
+):
+    """The counting pass is not a training loop, so no checkpoint is ever saved inside it: the
+    run saves one checkpoint, of the estimated tables (no raw columns), and resuming from it (a
+    run stopped after it, say during testing) ends exactly where the whole run ended, from the
+    tables alone: the training text is changed in between and nothing of it is counted again."""
     common = [*toy_overrides(toy_corpus), "model=ngram", "dataset.batch_size=2", *FAST]
     whole = train(compose_config(common, tmp_path / "whole", cache_dir))
-    stop = [f"+callbacks.stop._target_={__name__}.SignalAtBatch", "+callbacks.stop.batch=5"]
-    with pytest.raises(RunInterrupted):
-        train(compose_config([*common, *stop], tmp_path / "cut", cache_dir))
-    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    saved = read_checkpoint(str(last))
-    assert "ngram_columns" in saved["carried"]["ranks"][0]  # the tokens so far, not an estimate
-    assert "ngram" not in saved
-    resumed = train(compose_config([*common, f"ckpt_path={last}"], tmp_path / "cut", cache_dir))
-    for key in ("val/ppl", "test/ppl", "train/tokens", "params"):
+    last = tmp_path / "whole" / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # one copy
+    checkpoint = read_checkpoint(str(last))
+    assert "ngram" in checkpoint and "ngram_columns" not in checkpoint  # the tables, not tokens
+    saved = last.read_bytes()
+    changed = dict(toy_corpus, train=tmp_path / "train.txt")  # the same vocabulary, twice
+    changed["train"].write_text(toy_corpus["train"].read_text() * 2)  # the counts (recounted,
+    resumed_cfg = [*toy_overrides(changed), "model=ngram", "dataset.batch_size=2", *FAST]
+    resumed = train(compose_config([*resumed_cfg, f"ckpt_path={last}"], tmp_path / "r", cache_dir))
+    for key in ("val/ppl", "test/ppl", "train/tokens", "params"):  # another val/ppl) twice
         assert resumed[key] == pytest.approx(whole[key], rel=1e-9), key
+    assert last.read_bytes() == saved  # not overwritten
+    assert resumed["best_checkpoint"] == str(last)
 
 
 def test_export_cli_writes_the_checkpoint_as_an_arpa_file_kenlm_reads(

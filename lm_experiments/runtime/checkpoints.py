@@ -119,6 +119,8 @@ def model_from_checkpoint(cfg: DictConfig, checkpoint: dict, overrides: list[str
             saved[key] = OmegaConf.to_container(cfg.model[key])
     with open_dict(cfg):
         cfg.model = OmegaConf.create(saved)
+        if checkpoint.get("task_class") and "task" in cfg:  # e.g. a biRNN's bidirectional task
+            cfg.task._target_ = checkpoint["task_class"]
     log.info("model from the checkpoint: %s", describe(saved["_target_"], saved))
     return choice or saved["_target_"].rpartition(".")[2].lower()
 
