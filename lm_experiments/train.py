@@ -73,7 +73,12 @@ def build(cfg: DictConfig):
         model = _build_legacy(cfg, datamodule)
     else:
         net = build_net(cfg.model, len(vocab))
-        model = instantiate(cfg.task, net=net, vocab=vocab, oracle_ppl=datamodule.oracle_ppl)
+        extra = {}  # classify / tag data: the label set and the train majority
+        if hasattr(datamodule, "labels"):
+            extra = {"labels": datamodule.labels, "majority": datamodule.majority}
+        model = instantiate(
+            cfg.task, net=net, vocab=vocab, oracle_ppl=datamodule.oracle_ppl, **extra
+        )
     datamodule.train_window = model.train_window  # shuffled windows, or carried-state columns
     return datamodule, model
 

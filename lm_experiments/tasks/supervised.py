@@ -1,0 +1,191 @@
+"""What classification and tagging share: the encoder taken from the model config (or a trained
+LM), cross-entropy on the labelled positions, and torchmetrics accuracy / macro-F1 / the
+majority-class baseline, summed over DDP ranks by torchmetrics' own state reduction."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from lm_experiments.data.vocab import IGNORE_INDEX, Vocabulary
+from lm_experiments.errors import UserError
+from lm_experiments.models.encoders import RecurrentEncoder
+
+STAGES = ("train", "val", "test")
+
+
+def encoder_of(net, bidirectional: bool) -> RecurrentEncoder:
+    """The LM net's recurrent encoder (its head is dropped); rebuilt reading both ways when
+    ``bidirectional`` (allowed here: a classifier or tagger sees the whole sentence)."""
+    encoder = getattr(net, "encoder", None)
+    if not isinstance(encoder, RecurrentEncoder):
+        raise UserError(
+            f"task=classify|tag needs a recurrent model (rnnlm, lstm, gru, stacked_rnn); "
+            f"got {type(net).__name__}"
+        )
+    if not bidirectional or encoder.directions == 2:
+        return encoder
+    return RecurrentEncoder(
+        encoder.embedding.num_embeddings,
+        encoder.embedding.embedding_dim,
+        encoder.hidden_dim,
+        encoder.cell,
+        encoder.num_layers,
+        encoder.drop.p,
+        bidirectional=True,
+    )
+
+
+def scores(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX),
+            "f1": MulticlassF1Score(num_classes, average="macro", ignore_index=IGNORE_INDEX),
+            "majority_acc": MulticlassAccuracy(
+                num_classes, average="micro", ignore_index=IGNORE_INDEX
+            ),
+        }
+    )
+
+
+class SupervisedTask(L.LightningModule):
+    """Subclasses give ``make_head(encoder)`` (-> logits) and may add metrics."""
+
+    monitor = "val/acc"  # checkpoints and early stopping: validation accuracy, never test
+
+    def __init__(
+        self,
+        net,
+        vocab: Vocabulary,
+        labels: list[str],
+        majority: int = 0,
+        optimizer=None,
+        scheduler=None,
+        bidirectional: bool = True,
+        encoder_ckpt: str | None = None,
+        freeze_encoder: bool = False,
+        oracle_ppl=None,  # the LM task's; a labelled corpus has none
+        monitor: str = "val/acc",  # read by conf/callbacks (checkpoint, early stopping)
+        monitor_mode: str = "max",
+        **head_options,
+    ):
+        super().__init__()
+        self.vocab, self.labels = vocab, list(labels)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        encoder = encoder_of(net, bidirectional)
+        if encoder_ckpt:
+            from lm_experiments.tasks.pretrained import load_encoder
+
+            load_encoder(encoder, encoder_ckpt, vocab)
+        if freeze_encoder:
+            encoder.requires_grad_(False)
+        self.freeze_encoder = freeze_encoder
+        self.model = self.make_head(encoder, len(self.labels), **head_options)
+        self.register_buffer("majority", torch.tensor(majority))
+        # (ModuleDict keys may not be "train": nn.Module.train)
+        self.metrics = nn.ModuleDict({f"{s}_scores": self.make_scores() for s in STAGES})
+        self.results: dict[str, dict[str, float]] = {}
+
+    def make_head(self, encoder, num_labels: int, **options) -> nn.Module:
+        raise NotImplementedError
+
+    def make_scores(self) -> MetricCollection:
+        return scores(len(self.labels))
+
+    @property
+    def train_window(self):
+        return None  # whole sentences, never LM windows
+
+    @property
+    def encoder(self) -> RecurrentEncoder:
+        return self.model.encoder
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens, lengths)
+
+    def on_train_epoch_start(self):
+        if self.freeze_encoder:  # fixed features: no dropout noise in them either
+            self.encoder.eval()
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        logits = self(batch["tokens"], batch["lengths"])  # [B, C] or [B, T, C]
+        targets = batch["targets"]
+        loss = nn.functional.cross_entropy(
+            logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX
+        )
+        self.update_scores(self.metrics[f"{stage}_scores"], logits.argmax(-1), targets)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=stage == "train",
+            sync_dist=stage != "train",
+            batch_size=targets.size(0),
+        )
+        return loss
+
+    def update_scores(self, metrics: MetricCollection, predicted, targets) -> None:
+        for name, metric in metrics.items():
+            if name == "majority_acc":
+                metric.update(torch.full_like(targets, int(self.majority)), targets)
+            elif name in ("acc", "f1"):
+                metric.update(predicted, targets)
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _finish(self, stage: str) -> None:
+        computed = self.metrics[
+            f"{stage}_scores"
+        ].compute()  # a collective under DDP: on every rank
+        out = {}
+        for name, value in computed.items():
+            if value.ndim == 0:
+                out[name] = float(value)
+            else:  # per-tag figures: one key per tag name
+                out.update(
+                    {f"{name}/{tag}": float(v) for tag, v in zip(self.labels, value, strict=True)}
+                )
+        self.metrics[f"{stage}_scores"].reset()
+        self.results[stage] = out
+        self.log_dict({f"{stage}/{k}": v for k, v in out.items()}, rank_zero_only=False)
+
+    def on_train_epoch_end(self):
+        self._finish("train")
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self._finish("val")
+        else:
+            self.metrics["val_scores"].reset()
+
+    def on_test_epoch_end(self):
+        self._finish("test")
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            return None
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {  # plateau's mode is min: stepped on the validation loss
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vocabulary"] = list(self.vocab.itos)
+        checkpoint["labels"] = list(self.labels)

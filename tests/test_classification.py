@@ -1,0 +1,124 @@
+"""Sequence classification: the real CLI on local files, pooling that reads order, bad input,
+and an LM's encoder carried into a classifier."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lm_experiments.models.encoders import RecurrentEncoder
+from lm_experiments.models.heads import SentenceClassifier
+from lm_experiments.train import train
+from tests.conftest import FAST, compose_config, run_cli
+from tests.labelled_data import WORDS, file_overrides, write_labels
+
+SMALL = ["model.embedding_dim=16", "model.hidden_dim=16", "trainer.max_epochs=4", "seed=0"]
+
+
+def first_word_label(s: list[str]) -> str:
+    return "pos" if s[0] in WORDS[::2] else "neg"
+
+
+def test_the_cli_trains_a_classifier_selected_on_val_acc(tmp_path, cache_dir):
+    files = write_labels(tmp_path, first_word_label)
+    run = tmp_path / "run"
+    args = ["task=classify", "model=lstm", *file_overrides("labels", files), *SMALL]
+    args += [f"paths.output_dir={run}", f"paths.cache_dir={cache_dir}", "logger=csv"]
+    args += ["trainer.enable_progress_bar=false", "print_config=false"]
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("test/acc", "test/f1", "test/majority_acc", "val/acc", "val/f1"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["test/acc"] > metrics["test/majority_acc"] + 0.2
+    assert metrics["best_checkpoint"]  # chosen on val/acc (conf/task/classify.yaml: monitor)
+    saved = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    monitor = [v for k, v in saved["callbacks"].items() if "ModelCheckpoint" in k][0]
+    assert monitor["monitor"] == "val/acc" and monitor["best_model_score"] == pytest.approx(
+        max(metrics["val/acc"], float(monitor["best_model_score"]))
+    )
+
+
+@pytest.mark.parametrize(
+    "model", ["model=rnnlm model.cell=rnn_tanh", "model=stacked_rnn model.cell=gru"]
+)
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_every_recurrent_family_and_pooling_classifies(model, pooling, tmp_path, cache_dir):
+    files = write_labels(tmp_path, first_word_label, sizes=(120, 30, 30))
+    overrides = ["task=classify", *model.split(), *file_overrides("labels", files), *SMALL]
+    cfg = compose_config([*overrides, f"task.pooling={pooling}", *FAST], tmp_path, cache_dir)
+    metrics = train(cfg)
+    assert metrics["test/acc"] >= metrics["test/majority_acc"]
+    assert set(metrics) >= {"test/acc", "test/f1", "test/majority_acc", "val/acc"}
+
+
+def test_a_label_line_with_no_tab_is_one_error_line(tmp_path, cache_dir):
+    files = write_labels(tmp_path, first_word_label, sizes=(20, 5, 5))
+    files["train"].write_text("pos\tthe cat\nneg the dog\n")
+    args = ["task=classify", *file_overrides("labels", files), f"paths.output_dir={tmp_path}/r"]
+    done = run_cli([*args, f"paths.cache_dir={cache_dir}"], tmp_path)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "train.tsv:2" in errors[0] and "label<TAB>text" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def fit(model: nn.Module, label, steps: int = 250, length: int = 20) -> float:
+    """Train on random long sentences of ids; the accuracy on new ones."""
+    g = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    lengths = torch.full((32,), length)
+    for _ in range(steps):
+        tokens = torch.randint(2, 12, (32, length), generator=g)
+        loss = nn.functional.cross_entropy(model(tokens, lengths), label(tokens))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    tokens = torch.randint(2, 12, (256, length), generator=g)
+    with torch.no_grad():
+        return (
+            (model(tokens, torch.full((256,), length)).argmax(-1) == label(tokens)).float().mean()
+        )
+
+
+def test_pooling_last_reads_the_first_word_of_a_long_sentence_and_bag_of_words_cannot_order():
+    torch.manual_seed(0)
+
+    def first(t):  # decided by the first of 20 words
+        return t[:, 0] % 2
+
+    encoder = RecurrentEncoder(12, 16, 32, cell="lstm", bidirectional=True)
+    assert fit(SentenceClassifier(encoder, 2, "last"), first) > 0.95
+
+    # a word order label: is the first half's sum larger than the second's? same bag, both ways
+    def order(t):  # the same bag of words either way round
+        return (t[:, :10].sum(1) > t[:, 10:].sum(1)).long()
+
+    bag = SentenceClassifier(None, 2, "mean", embedding=nn.Embedding(12, 16))
+    bag_acc = fit(bag, order)
+    torch.manual_seed(0)
+    rnn = SentenceClassifier(RecurrentEncoder(12, 16, 32, cell="lstm", bidirectional=True), 2)
+    assert bag_acc < 0.65 < fit(rnn, order, steps=400), bag_acc
+
+
+def test_two_ddp_processes_give_one_process_accuracy(tmp_path, cache_dir):
+    """RankShare splits every batch of the shared order between the ranks, none repeated, and
+    torchmetrics sums the counts: the same sentences, the same figures."""
+    files = write_labels(tmp_path, first_word_label, sizes=(128, 30, 31))
+    metrics = {}
+    for name, trainer in (
+        ("one", ["trainer.devices=1"]),
+        ("two", ["trainer=ddp_cpu", "trainer.devices=2"]),
+    ):
+        run = tmp_path / name
+        args = ["task=classify", "model=lstm", "model.dropout=0", *file_overrides("labels", files)]
+        args += [*SMALL, *trainer, "trainer.accelerator=cpu", "logger=none", "callbacks=none"]
+        args += [f"paths.output_dir={run}", f"paths.cache_dir={cache_dir}", "print_config=false"]
+        done = run_cli([*args, "trainer.enable_progress_bar=false"], tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        metrics[name] = json.loads((run / "metrics.json").read_text())
+    for key in ("test/acc", "test/majority_acc", "val/acc"):
+        assert metrics["one"][key] == pytest.approx(metrics["two"][key], abs=1e-6), key
