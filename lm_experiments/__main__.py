@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from lm_experiments.errors import UserError
+from lm_experiments.locations import conf_dir
 from lm_experiments.resilience import (
     RunInterrupted,
     ddp_job_argv,
@@ -24,9 +25,10 @@ from lm_experiments.train import objective, train
 from lm_experiments.utils import print_config_tree
 
 log = logging.getLogger("lm_experiments")
+run_log = logging.getLogger("lm_experiments.run_log")  # the run's log file only (conf/hydra)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def main(cfg: DictConfig) -> float:
     rank_zero = rank_zero_only.rank == 0  # DDP ranks > 0 run the same job, silently
     if cfg.get("print_config", True) and rank_zero:
@@ -36,7 +38,7 @@ def main(cfg: DictConfig) -> float:
         with isolated_ddp_job(ddp_job_argv()):
             metrics = train(cfg)
     except UserError as err:
-        log.error("%s", err)
+        run_log.error("%s", err)
         if is_ddp_child():  # every rank meets the same error; rank 0 reports it. A child's
             sys.exit(0)  # non-zero exit would make Lightning's launcher kill rank 0 (the sweep)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

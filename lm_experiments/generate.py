@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from lm_experiments.checkpoints import model_class, read_checkpoint
 from lm_experiments.errors import UserError
+from lm_experiments.locations import conf_dir
 
 
 def load_model(ckpt_path: str):
@@ -32,7 +33,7 @@ def sample(cfg: DictConfig) -> list[str]:
     return [joiner.join(model.vocab.decode(ids)) for ids in sentences]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="generate")
 def main(cfg: DictConfig) -> None:
     try:
         for line in sample(cfg):

@@ -15,6 +15,7 @@ import rich.tree
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from lm_experiments import locations
 from lm_experiments.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -77,3 +78,5 @@ def wandb_mode() -> str:
 
 OmegaConf.register_new_resolver("wandb_mode", wandb_mode, replace=True)
 OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+OmegaConf.register_new_resolver("lm_home", locations.home, replace=True)
+OmegaConf.register_new_resolver("lm_cache", locations.cache_home, replace=True)
