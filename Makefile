@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# One intra-op thread unless you say otherwise: the default models are small, and on a busy
-# 2-core machine OpenMP's spinning threads make them many times slower, not faster.
+# threads=auto (conf/config.yaml) picks the intra-op threads from the model's size and the free
+# cores, so this and every other command avoid the busy-machine OpenMP cliff.
 train: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m lm_experiments model=rnnlm $(ARGS)
+	$(BIN)/python -m lm_experiments model=rnnlm $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,6 +20,7 @@ from lm_experiments import wandb_extras
 from lm_experiments.checkpoints import read_checkpoint
 from lm_experiments.models.base import check_vocabulary
 from lm_experiments.resilience import interruption
+from lm_experiments.threads import IntraOpThreads
 from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def _callbacks(cfg: DictConfig) -> list:
     """The callbacks group, less the progress bar and summary when the trainer turns them off
     (Lightning refuses the combination; a user asking for no progress bar means it)."""
     callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks.append(IntraOpThreads(cfg.get("threads", "auto")))  # threads=auto|N (threads.py)
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not cfg.trainer.get("enable_model_summary", True):
@@ -58,9 +60,7 @@ def _callbacks(cfg: DictConfig) -> list:
 def train(cfg: DictConfig) -> dict:
     """Run the experiment described by ``cfg`` and return its metrics."""
     threads = torch.get_num_threads()
-    try:
-        if cfg.get("threads"):  # CPU intra-op threads; small models often run fastest on one
-            torch.set_num_threads(int(cfg.threads))
+    try:  # each stage's intra-op threads are set by the IntraOpThreads callback (threads.py)
         return _run(cfg)
     finally:
         torch.set_num_threads(threads)  # the next job of a multirun starts from the default
