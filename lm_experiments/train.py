@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from lm_experiments import wandb_extras
 from lm_experiments.checkpoints import read_checkpoint
 from lm_experiments.models.base import check_vocabulary
+from lm_experiments.generation import TokenizerInCheckpoint
 from lm_experiments.resilience import interruption
 from lm_experiments.threads import IntraOpThreads
 from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic
@@ -50,6 +51,7 @@ def _callbacks(cfg: DictConfig) -> list:
     (Lightning refuses the combination; a user asking for no progress bar means it)."""
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks.append(IntraOpThreads(cfg.get("threads", "auto")))  # threads=auto|N (threads.py)
+    callbacks.append(TokenizerInCheckpoint())  # generation joins tokens as they were split
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not cfg.trainer.get("enable_model_summary", True):
