@@ -120,6 +120,9 @@ def translate_hydra_error(text: str) -> str | None:
             f"{name}: no such key in this config; check the spelling (`--cfg job` prints every "
             f"key), or add a new key with +{name}=VALUE"
         )
+    if key and "No match in the defaults list" in text:
+        name = key.group(1)
+        return f"{name}: not a config group of this command (`--help` lists its groups)"
     choice = re.search(r"Could not find '([^']+)'", text)
     if choice:
         options = re.findall(r"^\t(\S+)$", text, flags=re.M)
