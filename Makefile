@@ -23,6 +23,7 @@ train: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy  # the package, at the strictness of [tool.mypy] in pyproject.toml
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -42,4 +43,4 @@ sweep: $(STAMP)
 	$(BIN)/python -m lm_experiments -m experiment=compare_architectures $(ARGS)
 
 clean:
-	rm -rf $(VENV) logs .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) logs .cache .pytest_cache .ruff_cache .mypy_cache build

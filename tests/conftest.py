@@ -146,6 +146,7 @@ def run_cli(args: list[str], cwd: Path, module: str = "lm_experiments", timeout:
     """Run ``python -m <module> ...`` in a subprocess, as a user would."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     env.pop("HYDRA_FULL_ERROR")
+    env.setdefault("LM_EXPERIMENTS_HOME", str(cwd))  # default run dirs under the test's folder
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
