@@ -4,7 +4,7 @@ root (where Hydra users look for it): setuptools maps the folder onto a package 
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 CONF = Path(__file__).parent / "conf"
 conf_packages = ["lm_experiments.conf"] + [
@@ -14,7 +14,9 @@ conf_packages = ["lm_experiments.conf"] + [
 ]
 
 setup(
-    packages=find_packages(include=["lm_experiments*"]) + conf_packages,
+    # namespace packages too: lm_experiments/models has no __init__.py
+    packages=find_namespace_packages(include=["lm_experiments*"], exclude=["*.__pycache__"])
+    + conf_packages,
     package_dir={name: "conf/" + "/".join(name.split(".")[2:]) for name in conf_packages},
     package_data={name: ["*.yaml"] for name in conf_packages},
 )
