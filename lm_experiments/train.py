@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lm_experiments import wandb_extras
 from lm_experiments.checkpoints import read_checkpoint
-from lm_experiments.models.base import check_vocabulary
 from lm_experiments.generation import TokenizerInCheckpoint
+from lm_experiments.models.base import check_vocabulary
 from lm_experiments.resilience import interruption
 from lm_experiments.threads import IntraOpThreads
 from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic

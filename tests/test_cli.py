@@ -199,9 +199,10 @@ def test_generate_scores_the_prompt_then_continues_it(trained_run, tmp_path):
     ids = torch.tensor([[1, model.vocab.stoi["the"], model.vocab.stoi["cat"]]])  # <eos> the cat
     logits, _ = model(ids, model.init_state(1))
     expected = torch.log_softmax(logits[0, :-1], -1).gather(1, ids[0, 1:, None]).sum().item()
-    assert header.startswith("# prompt log-probability") and abs(
-        float(header.split()[3].rstrip(":")) - expected
-    ) < 1e-3
+    assert (
+        header.startswith("# prompt log-probability")
+        and abs(float(header.split()[3].rstrip(":")) - expected) < 1e-3
+    )
     assert len(samples) == 3 and len(set(samples)) == 1  # greedy: three equal samples
     score, text = samples[0].split("\t")
     assert text.startswith("the cat") and float(score) <= 0

@@ -32,9 +32,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_a_smoke_job(tmp_path):
     venv = tmp_path / "venv"
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    purelib = Path(
-        sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
-    )
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
     shared = [p for p in site.getsitepackages() if Path(p).is_dir()]
     (purelib / "shared.pth").write_text("\n".join(shared) + "\n")
     subprocess.run(
