@@ -8,6 +8,8 @@ import csv
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from lm_experiments import compare
-from tests.conftest import CONF, FAST, run_cli, toy_overrides
+from tests.conftest import CONF, FAST, ROOT, run_cli, toy_overrides
 from tests.test_wandb import offline_runs
 
 TINY = ["model.embedding_dim=8", "model.hidden_dim=16", "trainer.max_epochs=1"]
@@ -101,6 +103,17 @@ def test_report_rows_carry_each_runs_own_numbers(sweep):
         assert f"| {row['label']} | {int(row['params']):,} |" in markdown
         assert f"{float(row['test_ppl']):,.2f}" in markdown
     assert "2 runs finished, 1 failed." in markdown
+
+
+def test_report_intervals_come_from_the_runs_score_files(sweep):
+    sweep_dir, _ = sweep
+    rows = [row for row in read_csv(sweep_dir / "comparison.csv") if row["status"] == "ok"]
+    if not all((Path(row["run_dir"]) / "scores" / "test.parquet").is_file() for row in rows):
+        pytest.skip("score files not written yet (the LM task's evaluation writes them)")
+    for row in rows:
+        assert float(row["test_ppl_lo"]) < float(row["test_ppl"]) < float(row["test_ppl_hi"])
+        assert float(row["ratio_lo"]) <= float(row["ratio_to_best"]) <= float(row["ratio_hi"])
+        assert row["note"] == ""  # the files add up to metrics.json
 
 
 def test_report_curves_are_the_csv_logger_validation_perplexities(sweep):
@@ -295,3 +308,67 @@ def test_slurm_launcher_starts_one_task_per_gpu_on_every_node(tmp_path, monkeypa
     assert isinstance(trainer, L.Trainer)
     assert type(trainer.strategy.cluster_environment).__name__ == "SLURMEnvironment"
     assert trainer.world_size == params["nodes"] * params["tasks_per_node"]
+
+
+def agent_command(sweep: dict, values: dict) -> list[str]:
+    """The command a W&B agent runs for one trial (wandb_agent.Agent._command_run, here with
+    the agent's own helper for the argument macros), ``python`` being this interpreter."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    macros = sweep_utils.create_sweep_command_args(
+        {"args": {k: {"value": v} for k, v in values.items()}}
+    )
+    macros.update(env=["/usr/bin/env"], interpreter=[sys.executable], program=[sweep["program"]])
+    command = []
+    for chunk in sweep_utils.create_sweep_command(list(sweep["command"])):
+        chunk = str(chunk)
+        is_macro = chunk.startswith("${") and chunk.endswith("}")
+        command += macros.get(chunk[2:-1], []) if is_macro else [chunk]
+    return command
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "wandb_sweep").glob("*.yaml")))
+def test_wandb_sweep_config_drives_the_app_with_hydra_overrides(name, tmp_path, toy_corpus):
+    sweep = yaml.safe_load((CONF / "wandb_sweep" / f"{name}.yaml").read_text())
+    assert sweep["method"] in {"grid", "random", "bayes"}
+    assert sweep["metric"]["name"].startswith("val/")  # selection never looks at test
+    assert (ROOT / sweep["program"]).is_file()
+    command = sweep["command"]
+    assert command[:4] == ["${env}", "${interpreter}", "-m", "lm_experiments"]
+    assert command[-1] == "${args_no_hyphens}"
+    # one trial: the first value of each parameter, as the agent would pass it
+    values = {
+        key: spec["values"][0] if "values" in spec else spec.get("value", spec.get("min"))
+        for key, spec in sweep["parameters"].items()
+    }
+    args = agent_command(sweep, values)
+    assert args[:3] == ["/usr/bin/env", sys.executable, "-m"]
+    assert [f"{k}={v}" for k, v in values.items()] == args[-len(values) :]  # key=value, no --
+    # every parameter is a key of the composed config (a typo fails here, not in a trial)
+    fixed = args[4 : -len(values)]
+    cfg = compose_with_hydra([*fixed, *args[-len(values) :]], tmp_path)
+    for key, value in values.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    # and the trial runs: the app trains with the sampled values (W&B offline, a tiny corpus)
+    run_dir = tmp_path / "trial"
+    extra = [
+        *toy_overrides(toy_corpus),
+        *[o for o in FAST if not o.startswith("logger=")],
+        "model.embedding_dim=8",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "print_config=false",
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={tmp_path}/cache",
+    ]
+    result = subprocess.run(
+        [*args[1:], *extra], cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    for key, value in values.items():
+        assert OmegaConf.select(OmegaConf.create(config), key) == value, key
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert math.isfinite(metrics[sweep["metric"]["name"]])
+    (offline,) = offline_runs(run_dir)
+    assert offline.summary[sweep["metric"]["name"]] == metrics[sweep["metric"]["name"]]

@@ -9,6 +9,7 @@ header, then 32 KiB blocks of chunks, each ``crc32 (4) | length (2) | type (1) |
 
 from __future__ import annotations
 
+import csv
 import json
 import struct
 import time
@@ -181,3 +182,45 @@ def test_best_checkpoint_is_logged_as_an_artifact(wandb_run):
     assert metadata["original_filename"] == Path(metrics["best_checkpoint"]).name
     assert metadata["score"] == pytest.approx(metrics["val/ppl_best"], rel=1e-6)
     assert [c.path for c in best[0].manifest.contents] == ["model.ckpt"]
+
+
+def test_intervals_and_the_distance_table_reach_the_run(tmp_path):
+    """A real offline run gets the interval and the by-distance table of a run directory's score
+    file: the same numbers as the sweep report's."""
+    import wandb
+
+    from lm_experiments import compare
+    from lm_experiments.compare.scores import BUCKETS
+    from lm_experiments.wandb_extras import log_scores
+    from tests.test_compare import make_run, read_csv, simulated_scores, with_buckets
+
+    scores = with_buckets(simulated_scores(2.7, 1), excess_near=0.02, excess_far=0.4, seed=1)
+    run_dir = make_run(tmp_path / "sweep", "0", ["model=ngram"], scores)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    run = wandb.init(project="lm-experiments", dir=str(tmp_path), mode="offline")
+    log_scores(run, run_dir, metrics)
+    wandb.finish()
+    (recorded,) = [read_offline_run(d) for d in (tmp_path / "wandb").glob("offline-run-*")]
+
+    compare.main([str(tmp_path / "sweep"), "--quiet"])  # the same resamples: the same numbers
+    row = read_csv(tmp_path / "sweep" / "comparison.csv")["ngram"]
+    assert recorded.summary["test/ppl_lo"] == float(row["test_ppl_lo"])
+    assert recorded.summary["test/ppl_hi"] == float(row["test_ppl_hi"])
+    assert recorded.summary["test/ppl_lo"] < metrics["test/ppl"] < recorded.summary["test/ppl_hi"]
+    (table_file,) = recorded.dir.glob("files/media/table/by_distance_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["distance", "tokens", "excess_nll", "lo", "hi"]
+    assert [r[0] for r in table["data"]] == list(BUCKETS)
+    with (tmp_path / "sweep" / "comparison_by_distance.csv").open() as f:
+        expected = {r["bucket"]: r for r in csv.DictReader(f)}
+    for bucket, tokens, excess, lo, hi in table["data"]:
+        assert tokens == int(expected[bucket]["tokens"])
+        assert excess == pytest.approx(float(expected[bucket]["excess"]), rel=1e-12)
+        assert (lo, hi) == (float(expected[bucket]["lo"]), float(expected[bucket]["hi"]))
+
+
+def test_trained_run_summary_holds_its_interval(wandb_run):
+    run_dir, metrics, run = wandb_run
+    if not (run_dir / "scores" / "test.parquet").is_file():
+        pytest.skip("score files not written yet (the LM task's evaluation writes them)")
+    assert run.summary["test/ppl_lo"] < metrics["test/ppl"] < run.summary["test/ppl_hi"]
