@@ -21,6 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
+import lm_experiments  # noqa: F401  registers the config resolvers (paths: lm_home, lm_cache)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED = ROOT.parent / "shared"
