@@ -15,13 +15,13 @@ from omegaconf import DictConfig
 from lm_experiments import validation
 from lm_experiments.errors import UserError
 from lm_experiments.locations import conf_dir
-from lm_experiments.resilience import (
-    RunInterrupted,
+from lm_experiments.runtime.ddp import (
     ddp_job_argv,
     is_ddp_child,
     isolated_ddp_job,
     rerun_as_ddp_child,
 )
+from lm_experiments.runtime.signals import RunInterrupted
 from lm_experiments.train import objective, train
 from lm_experiments.utils import print_config_tree
 

@@ -17,25 +17,18 @@ import lightning as L
 from omegaconf import DictConfig
 
 from lm_experiments import validation
-from lm_experiments.checkpoints import model_class, read_checkpoint
 from lm_experiments.errors import UserError
+from lm_experiments.generate import load_model
 from lm_experiments.locations import conf_dir
 from lm_experiments.models.base import check_vocabulary
 from lm_experiments.threads import IntraOpThreads
 from lm_experiments.utils import instantiate, print_config_tree, write_json_atomic
 
 
-def model_from_checkpoint(ckpt_path: str):
-    """The checkpoint's model, built as its class and hyper-parameters say, weights loaded."""
-    checkpoint = read_checkpoint(ckpt_path)
-    model = model_class(checkpoint).load_from_checkpoint(ckpt_path, map_location="cpu")
-    return model, checkpoint
-
-
 def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    model, checkpoint = model_from_checkpoint(cfg.ckpt_path)
+    model, checkpoint = load_model(cfg.ckpt_path)  # class and sizes: the checkpoint's
     datamodule = instantiate(cfg.dataset)
     check_vocabulary(checkpoint.get("vocabulary", []), datamodule.vocab)
     model.vocab, model.oracle_ppl = datamodule.vocab, datamodule.oracle_ppl

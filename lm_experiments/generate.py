@@ -12,9 +12,9 @@ import torch
 from omegaconf import DictConfig
 
 from lm_experiments import generation, threads, validation
-from lm_experiments.checkpoints import model_class, read_checkpoint
 from lm_experiments.errors import UserError
 from lm_experiments.locations import conf_dir
+from lm_experiments.runtime.checkpoints import model_class, read_checkpoint
 
 
 def load_model(ckpt_path: str):

@@ -14,25 +14,56 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lm_experiments import wandb_extras
-from lm_experiments.checkpoints import read_checkpoint
+from lm_experiments.errors import UserError
 from lm_experiments.generation import TokenizerInCheckpoint
 from lm_experiments.models.base import check_vocabulary
-from lm_experiments.resilience import interruption
+from lm_experiments.runtime.checkpoints import (
+    AtomicCheckpointIO,
+    ModelGroupInCheckpoint,
+    check_fits,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from lm_experiments.runtime.compat import check_versions
+from lm_experiments.runtime.signals import interruption
 from lm_experiments.threads import IntraOpThreads
 from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 
+def _model_choice() -> str | None:
+    return HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
+
+
 def _model_name(cfg: DictConfig, model) -> str:
-    if HydraConfig.initialized():
-        choice = HydraConfig.get().runtime.choices.get("model")
-        if choice:
-            return choice
-    return type(model).__name__.lower()
+    return cfg.get("model_name") or _model_choice() or type(model).__name__.lower()
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def refuse_finished_run(output_dir: Path, overwrite: bool) -> None:
+    """A run directory that holds a finished run (its metrics.json) is not written into again
+    unless the user says ``overwrite=true``: its checkpoints and figures are results."""
+    if (output_dir / "metrics.json").exists() and not overwrite:
+        raise UserError(
+            f"{output_dir} already holds a finished run (metrics.json); choose another "
+            "hydra.run.dir, or pass overwrite=true to replace its checkpoints and metrics"
+        )
+
+
+def finite_or_null(metrics: dict) -> dict:
+    """metrics.json is strict JSON: an infinite or NaN figure is written as null (an infinite
+    perplexity comes with ``<split>/zero_prob``, the tokens given probability zero)."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in metrics.items()
+    }
 
 
 def build(cfg: DictConfig):
@@ -48,10 +79,12 @@ def build(cfg: DictConfig):
 
 def _callbacks(cfg: DictConfig) -> list:
     """The callbacks group, less the progress bar and summary when the trainer turns them off
-    (Lightning refuses the combination; a user asking for no progress bar means it)."""
+    (Lightning refuses the combination; a user asking for no progress bar means it), and the
+    model's config in every checkpoint (so that using it needs no ``model=``)."""
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks.append(IntraOpThreads(cfg.get("threads", "auto")))  # threads=auto|N (threads.py)
     callbacks.append(TokenizerInCheckpoint())  # generation joins tokens as they were split
+    callbacks.append(ModelGroupInCheckpoint(cfg.model, cfg.get("model_name") or _model_choice()))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not cfg.trainer.get("enable_model_summary", True):
@@ -68,22 +101,42 @@ def train(cfg: DictConfig) -> dict:
         torch.set_num_threads(threads)  # the next job of a multirun starts from the default
 
 
+def _from_checkpoint(cfg: DictConfig, ckpt_path: str | None):
+    """The data module and model; with ``ckpt_path``, the checkpoint's model unless the command
+    line chose one, and a one-line refusal of a checkpoint that does not fit (before training,
+    not deep inside Lightning)."""
+    if not ckpt_path:
+        return build(cfg)
+    checkpoint = read_checkpoint(ckpt_path)
+    choice = model_from_checkpoint(cfg, checkpoint, _overrides())
+    if choice:
+        with open_dict(cfg):
+            cfg.model_name = choice
+    datamodule, model = build(cfg)
+    check_vocabulary(checkpoint.get("vocabulary", []), model.vocab)
+    check_fits(cfg.model, model, checkpoint)
+    return datamodule, model
+
+
 def _run(cfg: DictConfig) -> dict:
+    check_versions()
+    output_dir = Path(cfg.paths.output_dir)
+    refuse_finished_run(output_dir, bool(cfg.get("overwrite", False)))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
     ckpt_path = cfg.get("ckpt_path")
 
-    datamodule, model = build(cfg)
-    if ckpt_path:  # fail before training, with a readable message, not deep inside Lightning
-        check_vocabulary(read_checkpoint(ckpt_path).get("vocabulary", []), model.vocab)
+    datamodule, model = _from_checkpoint(cfg, ckpt_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # DDP ranks share the run directory
         (output_dir / "vocab.txt").write_text("\n".join(model.vocab.itos) + "\n")
 
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_callbacks(cfg), logger=loggers or False
+        cfg.trainer,
+        callbacks=_callbacks(cfg),
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves half a checkpoint
     )
     for logger in loggers:
         logger.log_hyperparams(
@@ -122,7 +175,7 @@ def _run(cfg: DictConfig) -> dict:
     if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
         metrics["best_checkpoint"] = trainer.checkpoint_callback.best_model_path
     if trainer.is_global_zero:
-        write_json_atomic(output_dir / "metrics.json", metrics)
+        write_json_atomic(output_dir / "metrics.json", finite_or_null(metrics))
         if "test/ppl" in metrics:
             log.info(
                 "test perplexity %.3f on %d tokens%s",

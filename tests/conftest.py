@@ -144,10 +144,18 @@ class TrainingSpy(L.Callback):
 SPY = ["+callbacks.spy._target_=tests.conftest.TrainingSpy"]
 
 
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI subprocess: this checkout first on the path, so that a run can
+    instantiate a test's own callback (``tests.test_x.Class``) from any working directory."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def run_cli(args: list[str], cwd: Path, module: str = "lm_experiments", timeout: int = 240):
     """Run ``python -m <module> ...`` in a subprocess, as a user would."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    env.pop("HYDRA_FULL_ERROR")
+    env = cli_env()
     env.setdefault("LM_EXPERIMENTS_HOME", str(cwd))  # default run dirs under the test's folder
     return subprocess.run(
         [sys.executable, "-m", module, *args],

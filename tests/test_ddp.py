@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_experiments.checkpoints import read_checkpoint
+from lm_experiments.runtime.checkpoints import read_checkpoint
 from lm_experiments.train import train
 from tests.conftest import (
     FAST,

@@ -1,20 +1,27 @@
 """A run stopped by SIGTERM or Ctrl-C leaves a resumable checkpoint, and resuming it reaches
 exactly the metrics of an uninterrupted run; a diverging run stops with one readable line and
-keeps its last good checkpoint."""
+keeps its last good checkpoint; a finished run is never overwritten; metrics.json is strict JSON;
+Lightning's and Hydra's internals are touched in one version-checked module."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from lm_experiments.checkpoints import read_checkpoint
 from lm_experiments.errors import UserError
-from lm_experiments.resilience import RunInterrupted
+from lm_experiments.runtime.checkpoints import read_checkpoint
+from lm_experiments.runtime.compat import check_versions
+from lm_experiments.runtime.signals import RunInterrupted
 from lm_experiments.train import train
 from tests.conftest import (
     FAST,
@@ -240,3 +247,155 @@ def test_truncated_checkpoint_is_refused_with_one_line(
     )
     with pytest.raises(UserError, match="is not a readable checkpoint"):
         train(cfg)
+
+
+# --- framework internals in one module ------------------------------------------------------------
+def test_an_unsupported_lightning_or_hydra_is_refused_with_the_range():
+    check_versions()  # what the tests run on is inside the range
+    with pytest.raises(
+        UserError, match=r"lightning 2\.7\.0 is not supported.*lightning>=2\.6,<2\.7"
+    ):
+        check_versions({"lightning": "2.7.0"})
+    with pytest.raises(UserError, match=r"hydra-core>=1\.3,<1\.4"):
+        check_versions({"lightning": "2.6.6", "hydra-core": "1.4.0.dev1"})
+
+
+def test_private_internals_are_touched_only_in_compat_and_models_import_no_fault_tolerance():
+    source = Path(__file__).resolve().parents[1] / "lm_experiments"
+    private = re.compile(
+        r"\._signal_connector|\.batch_progress\b|\.restarting\s*=|\._return_value|\._hydra_"
+    )
+    for file in source.rglob("*.py"):
+        code = "\n".join(
+            line for line in file.read_text().splitlines() if not line.lstrip().startswith("#")
+        )
+        if file.name != "compat.py":
+            assert not private.search(code.replace("``_hydra_subprocess_cmd``", "")), file
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, lm_experiments.models.base, lm_experiments.models.ngram, "
+            "lm_experiments.data.datamodule; "
+            "print(sorted(m for m in sys.modules if m.startswith('lm_experiments.runtime.')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert loaded.strip() == "['lm_experiments.runtime.compat']", loaded
+
+
+# --- divergence, finished runs, metrics.json ---------------------------------------------------------
+def errors_of(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file the run left, by content (what must not change)."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.suffix in (".ckpt", ".json")
+    }
+
+
+def test_a_diverging_run_never_replaces_a_finished_run(tmp_path, toy_corpus):
+    """model.optimizer.lr=1e12 used to run to the end and report inf, over a good run's files."""
+    run = [
+        *toy_overrides(toy_corpus),
+        *FAST,
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path}/run",
+        f"paths.cache_dir={tmp_path}/cache",
+    ]
+    good = run_cli(run, cwd=tmp_path)
+    assert good.returncode == 0, good.stderr[-3000:]
+    finished = snapshot(tmp_path / "run")
+    assert "metrics.json" in finished and "checkpoints/last.ckpt" in finished
+
+    again = run_cli([*run, "model.optimizer.lr=1e12"], cwd=tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert len(errors_of(again)) == 1 and "already holds a finished run" in errors_of(again)[0]
+    assert "overwrite=true" in errors_of(again)[0]
+
+    diverged = run_cli([*run, "model.optimizer.lr=1e12", "overwrite=true"], cwd=tmp_path)
+    assert diverged.returncode == 2, diverged.stderr[-3000:]
+    errors = errors_of(diverged)
+    assert len(errors) == 1 and "training diverged" in errors[0], diverged.stderr[-3000:]
+    assert "3 x log V" in errors[0] and "Traceback" not in diverged.stderr
+    assert "test perplexity" not in diverged.stdout
+    assert snapshot(tmp_path / "run") == finished  # nothing saved or reported after it diverged
+
+
+def test_a_diverging_ddp_run_stops_every_rank_with_one_line(tmp_path, toy_corpus):
+    result = run_cli(
+        [
+            *toy_overrides(toy_corpus),
+            *FAST,
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "model.optimizer.lr=1e12",
+            f"hydra.run.dir={tmp_path}/run",
+            f"paths.cache_dir={tmp_path}/cache",
+        ],
+        cwd=tmp_path,
+        timeout=180,  # a rank left waiting in a collective would hang until then
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = errors_of(result)
+    assert len(errors) == 1 and "training diverged" in errors[0], result.stderr[-3000:]
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_divergence_bound_is_three_times_log_v_and_spares_honest_zero_probabilities(toy_corpus):
+    from lm_experiments.runtime.divergence import DivergenceGuard
+
+    guard = DivergenceGuard()
+
+    class Module:
+        vocab_size = 100
+
+    class Trainer:
+        global_step, sanity_checking = 7, False
+        callback_metrics: dict = {}
+
+    assert guard.bound(Module()) == pytest.approx(3 * math.log(100))
+    trainer = Trainer()
+    for loss in (0.5, 3 * math.log(100) - 1e-6):
+        trainer.callback_metrics = {"train/loss": torch.tensor(loss)}
+        guard.on_train_batch_end(trainer, Module(), None, None, 0)  # fine
+    for loss in (3 * math.log(100) + 1e-3, math.inf, math.nan):
+        trainer.callback_metrics = {"train/loss": torch.tensor(loss)}
+        with pytest.raises(UserError, match="training diverged"):
+            guard.on_train_batch_end(trainer, Module(), None, None, 0)
+    trainer.callback_metrics = {"val/ppl": torch.tensor(math.inf), "val/zero_prob": torch.tensor(3)}
+    guard.on_validation_end(trainer, Module())  # an unsmoothed model's honest inf
+    trainer.callback_metrics = {"val/ppl": torch.tensor(math.inf)}
+    with pytest.raises(UserError, match="validation perplexity"):
+        guard.on_validation_end(trainer, Module())
+
+
+def reject_constant(name: str):
+    raise ValueError(f"metrics.json holds {name}, which is not JSON")
+
+
+def test_metrics_json_is_strict_json_with_null_for_an_infinite_perplexity(tmp_path, toy_corpus):
+    result = run_cli(
+        [
+            *toy_overrides(toy_corpus),
+            *FAST,
+            "model=ngram",
+            "model.smoothing=mle",  # unseen n-grams: probability zero, perplexity inf
+            f"hydra.run.dir={tmp_path}/run",
+            f"paths.cache_dir={tmp_path}/cache",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]  # honest inf is no divergence
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=reject_constant)
+    assert metrics["test/ppl"] is None and metrics["val/ppl"] is None
+    assert 0 < metrics["test/zero_prob"] < metrics["test/tokens"]

@@ -25,7 +25,7 @@ import torch
 
 from lm_experiments.data.vocab import EOS_ID
 from lm_experiments.generate import load_model
-from lm_experiments.resilience import RunInterrupted
+from lm_experiments.runtime.signals import RunInterrupted
 from lm_experiments.train import train
 from tests.conftest import FAST, SPY, TrainingSpy, compose_config, toy_overrides
 from tests.test_ddp import assert_two_processes_evaluate_as_one
@@ -132,8 +132,8 @@ def test_a_run_stopped_mid_epoch_on_the_device_resumes_on_the_device_and_on_the_
     with pytest.raises(RunInterrupted) as stopped:
         train(compose_config([*run, *ON_DEVICE, *stop_in_epoch_1], tmp_path / "cut", cache))
     ckpt = stopped.value.ckpt_path
-    for where in (ON_DEVICE, ON_CPU):
-        folder = tmp_path / where[0].replace("=", "_")
+    for i, where in enumerate((ON_DEVICE, ON_CPU)):  # (the same with LM_TEST_ACCELERATOR=cpu)
+        folder = tmp_path / f"{i}_{where[0].replace('=', '_')}"  # a finished run is not rewritten
         resumed = train(compose_config([*run, *where, f"ckpt_path={ckpt}"], folder, cache))
         assert resumed["train/tokens"] == whole["train/tokens"]
         for key in ("val/ppl", "test/ppl"):  # rounding only (CUDA kernels are not bitwise stable)

@@ -230,7 +230,7 @@ def test_compare_architectures_sweeps_every_family_on_the_embedded_corpus(tmp_pa
     assert "csv" in cfg.logger  # the per-epoch curves of comparison.png
     assert (
         cfg.hydra.callbacks.comparison_report._target_
-        == "lm_experiments.callbacks.ComparisonReport"
+        == "lm_experiments.runtime.hydra_callbacks.ComparisonReport"
     )
 
 

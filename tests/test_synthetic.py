@@ -5,7 +5,6 @@ import math
 
 import pytest
 
-from lm_experiments.data import synthetic
 from lm_experiments.data.synthetic import (
     EOS,
     NOUNS,
@@ -19,6 +18,8 @@ from lm_experiments.data.synthetic import (
     oracle_perplexity,
     split_seed,
 )
+from lm_experiments.data.synthetic import splits as split_builder
+from lm_experiments.data.synthetic.english import Clause, Sentence
 
 # A grammar small enough to work out by hand: the first word (x or y) decides the last one (p or q)
 # across a run of m's of geometric length.
@@ -36,6 +37,7 @@ TINY_ENTROPY_PER_TOKEN = (math.log(2) + 4 / 3 * H_QUARTER) / (13 / 3)
 # Digests of the default grammar's rule table and of the start of its seed-0 train split.
 GRAMMAR_FINGERPRINT = "7944ad6384561612"
 TEXT_DIGEST = "b1e8ec90103ba0bf"
+NLL_DIGEST = "c8cdaa8215c580b9"  # the exact oracle NLLs of the same tokens (float.hex)
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +154,13 @@ def test_generation_is_deterministic_and_seed_dependent(grammar):
 
 def test_default_corpus_is_pinned(grammar):
     """The default corpus is the same on every machine and Python version (and changes only on
-    purpose: after a deliberate change to the grammar, update these two digests)."""
-    rows = generate_split(grammar, split_seed(0, "train"), 5_000)
+    purpose: after a deliberate change to the grammar, update these digests)."""
+    rows = list(generate_split(grammar, split_seed(0, "train"), 5_000))
     text = "\n".join(row["text"] for row in rows)
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == TEXT_DIGEST
     assert grammar.fingerprint() == GRAMMAR_FINGERPRINT
+    nlls = " ".join(x.hex() for row in rows for x in row["oracle_nll"])
+    assert hashlib.sha256(nlls.encode()).hexdigest()[:16] == NLL_DIGEST
 
 
 def test_default_train_split_contains_every_word(grammar):
@@ -171,13 +175,13 @@ def test_default_train_split_contains_every_word(grammar):
 def _subject_and_main_verb(grammar, words):
     """Positions of a statement's subject noun and main verb, read off the machine state.
 
-    The subject's class and number travel in a ("K", ...) symbol, pushed when the subject noun is
+    The subject's class and number travel in a `Clause` symbol, pushed when the subject noun is
     emitted and consumed when the main verb is.
     """
     state, noun_at = grammar.initial_state(), None
     for i, token in enumerate(words):
         state = grammar.advance(state, token)
-        has_k = any(isinstance(s, tuple) and s[0] == "K" for s in state)
+        has_k = any(isinstance(s, Clause) for s in state)
         if noun_at is None and has_k:
             noun_at = i
         elif noun_at is not None and not has_k:
@@ -243,14 +247,16 @@ def test_build_synthetic_splits_is_cached(tmp_path, monkeypatch):
         calls.append(seed)
         yield from generate_split(grammar, seed, num_tokens)
 
-    monkeypatch.setattr(synthetic, "generate_split", counting_generate_split)
+    monkeypatch.setattr(split_builder, "generate_split", counting_generate_split)
     sizes = {"train_tokens": 2_000, "valid_tokens": 500, "test_tokens": 500}
     splits = build_synthetic_splits(seed=3, cache_dir=str(tmp_path), **sizes)
     assert len(calls) == 3
     assert set(splits) == {"train", "validation", "test"}
     for name, n in zip(("train", "validation", "test"), sizes.values(), strict=True):
         split = splits[name]
-        assert split.column_names == ["text", "oracle_nll"]
+        assert split.column_names == [
+            "text", "oracle_nll", "distance", "tag", "question", "subject_number", "verb_class"
+        ]  # fmt: skip
         assert split.features["oracle_nll"].feature.dtype == "float64"
         assert n <= sum(len(x) for x in split["oracle_nll"]) < n + 100
     direct = list(generate_split(default_grammar(), split_seed(3, "validation"), 500))
@@ -274,9 +280,9 @@ def test_build_synthetic_splits_is_cached(tmp_path, monkeypatch):
 
     # Editing the grammar changes its fingerprint, hence the cache key: no stale corpus is reused.
     rules = english_rules()
-    rules[("S",)] = [(p, rhs) for p, rhs in reversed(rules[("S",)])]
-    edited = Grammar(rules, start=("S",))
+    rules[("S",)] = [(p, rhs) for p, rhs in reversed(rules[("S",)])]  # Sentence() == ("S",)
+    edited = Grammar(rules, start=Sentence())
     assert edited.fingerprint() != default_grammar().fingerprint()
-    monkeypatch.setattr(synthetic, "default_grammar", lambda: edited)
+    monkeypatch.setattr(split_builder, "default_grammar", lambda: edited)
     build_synthetic_splits(seed=3, cache_dir=str(tmp_path), **sizes)
     assert len(calls) == 10

@@ -4,7 +4,7 @@ A sweep directory (``-m`` runs, an Optuna search) holds one run directory per jo
 ``.hydra/overrides.yaml`` (what the job changed) and, when the job finished, ``metrics.json``
 (written by ``train.py``) and ``scores/test.parquet`` (per-sentence scores, ``scores.py``). The
 report reads only those files and the runs' CSV logs, never the models, so it rebuilds the same
-report at any time: at the end of the sweep (the Hydra callback in ``callbacks.py``), halfway
+report at any time: at the end of the sweep (``runtime/hydra_callbacks.py``), halfway
 through a long SLURM sweep, or after some jobs failed -- a run without ``metrics.json`` is a row
 that says why (``error.txt``, written by the callback when a job raises, or the ``[ERROR]`` line
 of the job's log).

@@ -17,9 +17,10 @@ from torch.utils.data.distributed import DistributedSampler
 
 from lm_experiments.data.batching import ColumnBatches, WindowBatches, already_batched
 from lm_experiments.data.corpora import SPLITS, load_corpus
+from lm_experiments.data.sampler import ResumableSampler, training_position
+from lm_experiments.data.synthetic import SENTENCE_LABELS, TOKEN_ANNOTATIONS
 from lm_experiments.data.vocab import Vocabulary
 from lm_experiments.errors import UserError
-from lm_experiments.resilience import ResumableSampler, training_position
 
 STAGE_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
@@ -143,6 +144,18 @@ class LMDataModule(L.LightningDataModule):
             out[stage] = float(math.exp(nll.sum() / len(nll)))
         return out
 
+    @cached_property
+    def annotations(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per split, what the generated corpus knows (synthetic/annotations.py): per-token arrays
+        aligned with ``streams`` and per-sentence labels. Empty for every other corpus."""
+        if "distance" not in self.corpus["train"].column_names:
+            return {}
+        return {
+            split: {c: flat_column(self.corpus[split], c, np.int64) for c in TOKEN_ANNOTATIONS}
+            | {c: np.asarray(self.corpus[split][c], np.int64) for c in SENTENCE_LABELS}
+            for split in SPLITS
+        }
+
     def num_tokens(self, split: str) -> int:
         return len(self.streams[split])
 
@@ -208,7 +221,7 @@ class LMDataModule(L.LightningDataModule):
             collate_fn=already_batched,
         )
 
-    # where the training stream stands, in every checkpoint (resilience.py)
+    # where the training stream stands, in every checkpoint (data/sampler.py)
     def state_dict(self) -> dict:
         position = training_position(self.trainer)
         return {"train_position": position} if position else {}

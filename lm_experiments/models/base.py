@@ -19,7 +19,6 @@ import time
 import lightning as L
 import torch
 import torch.distributed
-from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils._pytree import tree_map
 from torchmetrics import Metric
@@ -27,7 +26,6 @@ from torchmetrics import Metric
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX, Vocabulary
 from lm_experiments.errors import UserError
 from lm_experiments.models.softmax import logits_nll
-from lm_experiments.resilience import gather_per_rank, training_position
 
 
 def carried(state, device: torch.device):
@@ -165,12 +163,6 @@ class LanguageModel(L.LightningModule):
             torch.distributed.all_reduce(totals)  # sum over ranks
             loss = nll_sum * world / totals[1].clamp(min=1)
             global_loss = (totals[0] / totals[1].clamp(min=1)).float()
-        if not torch.isfinite(global_loss):  # every rank sees the same value: all stop together
-            raise UserError(
-                f"training diverged: the loss became {global_loss.item()} at step "
-                f"{self.global_step}; lower model.optimizer.lr or set trainer.gradient_clip_val "
-                "(the last good checkpoint was kept)"
-            )
         self.log("train/loss", global_loss, prog_bar=True, batch_size=batch[0].size(0))
         return loss
 
@@ -252,24 +244,6 @@ class LanguageModel(L.LightningModule):
             checkpoint["vocabulary"] = self.vocab.itos
         cls = type(self)
         checkpoint["model_class"] = f"{cls.__module__}.{cls.__qualname__}"
-        trainer = self._trainer
-        position = training_position(trainer)
-        if position and position["batches"] > 0:
-            # saved inside an epoch: what the next batch builds on, per rank (each rank carries
-            # its own columns), so that a resume continues exactly (resilience.py)
-            carried = {
-                "state": self._state.get("train"),
-                "sums": {  # the epoch's sums so far (every CorpusPerplexity, e.g. per direction)
-                    name: (metric.nll_sum, metric.tokens)
-                    for name, metric in self.named_modules()
-                    if isinstance(metric, CorpusPerplexity)
-                },
-                "train_seconds": self._train_seconds,
-            }
-            checkpoint["carried"] = {
-                "position": position,
-                "ranks": gather_per_rank(carried, trainer),
-            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("vocabulary")
@@ -277,27 +251,32 @@ class LanguageModel(L.LightningModule):
             check_vocabulary(saved, self.vocab)
             if self.vocab is None:
                 self.vocab = Vocabulary(saved)
-        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        if "carried" in checkpoint and fitting:
-            self._restore_carried(checkpoint["carried"])
 
-    def _restore_carried(self, carried: dict) -> None:
-        ranks, world = carried["ranks"], self.trainer.world_size
-        if len(ranks) != world:
-            raise UserError(
-                f"this checkpoint was saved inside an epoch by {len(ranks)} processes, so it "
-                f"resumes only on {len(ranks)} (got {world}): set trainer.devices/num_nodes "
-                "accordingly, or resume from an end-of-epoch checkpoint"
-            )
-        mine = ranks[self.trainer.global_rank]
-        self._state["train"] = mine["state"]  # to the model's device at its first batch
+    # --- what a resume inside an epoch needs (saved per rank by lm_experiments/runtime) ----------
+    def resume_state(self) -> dict:
+        """What the next training batch builds on, as plain data: the carried state of this
+        rank's columns, the epoch's sums so far (every CorpusPerplexity, e.g. per direction) and
+        the seconds timed."""
+        return {
+            "state": self._state.get("train"),
+            "sums": {
+                name: (metric.nll_sum, metric.tokens)
+                for name, metric in self.named_modules()
+                if isinstance(metric, CorpusPerplexity)
+            },
+            "train_seconds": self._train_seconds,
+        }
+
+    def load_resume_state(self, state: dict) -> None:
+        """Continue from :meth:`resume_state` (this rank's)."""
+        self._state["train"] = state["state"]  # to the model's device at its first batch
         metrics = dict(self.named_modules())
-        for name, (nll_sum, tokens) in mine["sums"].items():
+        for name, (nll_sum, tokens) in state["sums"].items():
             metrics[name].nll_sum, metrics[name].tokens = (
                 nll_sum.to(self.device),
                 tokens.to(self.device),
             )
-        self._train_seconds = mine["train_seconds"]
+        self._train_seconds = state["train_seconds"]
 
     # --- generation: feed each sampled token back in ----------------------------------------------
     @torch.no_grad()

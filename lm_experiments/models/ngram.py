@@ -49,10 +49,10 @@ import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lm_experiments.data.sampler import training_position
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX, UNK_ID
 from lm_experiments.errors import UserError
 from lm_experiments.models.base import LanguageModel
-from lm_experiments.resilience import gather_per_rank, training_position
 
 log = logging.getLogger(__name__)
 
@@ -1155,32 +1155,40 @@ class NGramLM(LanguageModel):
         return logits, self._next_state(history, inputs)
 
     # --- checkpoints carry the estimated tables (or, inside the counting pass, the tokens) ------
+    def resume_state(self) -> dict:
+        state = super().resume_state()
+        if not self._fitted:  # inside the counting pass: a resume counts the rest on top of these
+            state["ngram_columns"] = [torch.from_numpy(c) for c in self._local_columns()]
+        return state
+
+    def load_resume_state(self, state: dict) -> None:
+        super().load_resume_state(state)
+        if "ngram_columns" in state:  # this rank's columns so far, as one [B, T] batch
+            mine = [column.numpy() for column in state["ngram_columns"]]
+            batch = np.full((len(mine), max(map(len, mine), default=0)), IGNORE_INDEX)
+            for row, column in zip(batch, mine, strict=True):
+                row[: len(column)] = column
+            self._resumed = [batch.astype(np.int32)]
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         position = training_position(self._trainer)
-        if not self._fitted and position is not None and position["batches"] > 0:
-            # stopped inside the counting pass: a resume must count the rest on top of this
-            mine = [torch.from_numpy(column) for column in self._local_columns()]
-            checkpoint["ngram_columns"] = gather_per_rank(mine, self._trainer)
-        elif self._counting or self.ngram is not None or self.arpa_path is not None:
+        inside_the_pass = not self._fitted and position is not None and position["batches"] > 0
+        if inside_the_pass:
+            return  # the tokens so far are in the resume state (lm_experiments/runtime/resume.py)
+        if self._counting or self.ngram is not None or self.arpa_path is not None:
             checkpoint["ngram"] = self.estimated().state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self._counting, self._columns = False, []
+        ranks = checkpoint.get("carried", {}).get("ranks", [])
         if "ngram" in checkpoint:
             self.ngram, self._fitted = NGramModel.from_state_dict(checkpoint["ngram"]), True
-        elif "ngram_columns" in checkpoint:
-            ranks = [[c.numpy() for c in columns] for columns in checkpoint["ngram_columns"]]
+        elif any("ngram_columns" in rank for rank in ranks):
             fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-            if fitting:  # resume the pass: this rank's columns so far (base checks the world)
-                mine = ranks[min(self.trainer.global_rank, len(ranks) - 1)]
-                batch = np.full((len(mine), max(map(len, mine), default=0)), IGNORE_INDEX)
-                for row, column in zip(batch, mine, strict=True):
-                    row[: len(column)] = column
-                self._resumed = [batch.astype(np.int32)]  # one [B, T] batch of them
-            else:  # evaluate what was counted when it stopped
-                columns = [column for part in ranks for column in part]
+            if not fitting:  # evaluate what was counted when it stopped (a resume: see above)
+                columns = [c.numpy() for rank in ranks for c in rank["ngram_columns"]]
                 self.ngram = train_ngram(
                     columns, self.vocab_size, self.order, self.smoothing, self.k
                 )

@@ -1,4 +1,5 @@
-"""Hydra callbacks (registered in ``conf/hydra/default.yaml`` under ``hydra.callbacks``).
+"""Hydra callbacks (registered in ``conf/hydra/default.yaml`` under ``hydra.callbacks``); the
+Lightning callbacks are beside this file (``signals.py``, ``divergence.py``).
 
 :class:`ComparisonReport` writes the comparison report (``compare.py``) into the sweep directory
 when a multirun ends. Two things in Hydra 1.3 make "when it ends" need care:
@@ -38,6 +39,7 @@ from omegaconf import DictConfig
 
 from lm_experiments.compare import ERROR_FILE
 from lm_experiments.errors import UserError
+from lm_experiments.runtime.compat import job_exception
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,8 @@ class ComparisonReport(Callback):
         if not failed or not is_rank_zero():
             return
         run_dir = Path(str(config.hydra.runtime.output_dir))
-        error = job_return._return_value  # the exception (return_value would raise it)
-        if isinstance(error, BaseException):
+        error = job_exception(job_return)
+        if error is not None:
             (run_dir / ERROR_FILE).write_text(describe_failure(error))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
