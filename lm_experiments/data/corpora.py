@@ -7,14 +7,27 @@ chosen by ``dataset.source`` and get their options from the rest of the ``datase
 
 from __future__ import annotations
 
+import codecs
 import inspect
 from pathlib import Path
 
 import datasets
+from datasets.exceptions import DatasetGenerationError
 
 from lm_experiments.errors import UserError
 
 SPLITS = ("train", "validation", "test")
+
+
+#: the file names ``dataset.data_dir`` looks for, per split: ours, then WikiText's
+LAYOUT = {
+    "train": ("train.txt", "wiki.train.tokens"),
+    "validation": ("valid.txt", "wiki.valid.tokens"),
+    "test": ("test.txt", "wiki.test.tokens"),
+}
+OPTION = {"train": "train_path", "validation": "valid_path", "test": "test_path"}
+FRACTION = {"validation": "valid_fraction", "test": "test_fraction"}
+DECODING_ERRORS = ("strict", "replace", "ignore")
 
 
 def _existing_file(option: str, path: str | None) -> str:
@@ -30,45 +43,182 @@ def _existing_file(option: str, path: str | None) -> str:
     return str(file.resolve())
 
 
-def text_files(
-    train_path: str, valid_path: str, test_path: str, cache_dir: str | None = None
+def _codec(encoding: str, errors: str) -> str:
+    """The codec to read with: a UTF-8 file's byte-order mark is dropped (``utf-8-sig``, which
+    reads a file without one exactly as ``utf-8`` does)."""
+    try:
+        name = codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise UserError(
+            f"dataset.encoding: unknown encoding {encoding!r}; use a Python codec name such as "
+            "utf-8, latin-1 or cp1252"
+        ) from None
+    if errors not in DECODING_ERRORS:
+        raise UserError(
+            f"dataset.errors must be one of {list(DECODING_ERRORS)}, got {errors!r} "
+            "(replace: undecodable bytes become U+FFFD)"
+        )
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def _first_undecodable(path: str, codec: str) -> tuple[int, str] | None:
+    """(line number, what is wrong: the bad bytes in hex) of the first undecodable bytes of ``path``, or None.
+    Read only after a decoding failure, to name the line."""
+    decoder = codecs.getincrementaldecoder(codec)()
+    line = 1
+    with open(path, "rb") as f:
+        for raw in [*f, b""]:  # b"": the final call, for a sequence cut off at the end
+            try:
+                line += decoder.decode(raw, final=not raw).count("\n")
+            except UnicodeError as err:  # UTF-16 without a byte-order mark is not a DecodeError
+                if isinstance(err, UnicodeDecodeError):
+                    return line, f"bytes {err.object[err.start : err.end].hex(' ')}"
+                return line, str(err)
+    return None
+
+
+def read_lines(
+    files: dict[str, tuple[str, str]], encoding: str, errors: str, cache_dir: str | None
 ) -> datasets.DatasetDict:
-    """Three local text files, one sentence a line (the ``text`` builder, cached by datasets)."""
+    """``{split: (option, path)}`` as one row a line (the ``text`` builder, cached by datasets).
+
+    Universal newlines: CRLF and CR line ends read as LF. A UTF-8 byte-order mark is dropped.
+    Undecodable bytes are one UserError naming the file, the line and the fix, unless
+    ``errors`` is ``replace`` (U+FFFD) or ``ignore``.
+    """
+    codec = _codec(encoding, errors)
+    paths = {split: _existing_file(option, path) for split, (option, path) in files.items()}
+    try:
+        return datasets.load_dataset(
+            "text", data_files=paths, cache_dir=cache_dir, encoding=codec, encoding_errors=errors
+        )
+    except (DatasetGenerationError, UnicodeError) as err:
+        cause = err if isinstance(err, UnicodeError) else err.__cause__
+        if not isinstance(cause, UnicodeError):
+            raise
+        for split, path in paths.items():
+            if found := _first_undecodable(path, codec):
+                raise UserError(
+                    f"dataset.{files[split][0]}: '{path}' is not valid {encoding} at line "
+                    f"{found[0]} ({found[1]}); pass dataset.encoding=ENCODING (latin-1 or "
+                    "cp1252 for many older corpora), or dataset.errors=replace to read those "
+                    "bytes as U+FFFD"
+                ) from None
+        raise
+
+
+def _fraction(option: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise UserError(f"dataset.{option} must be a fraction between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _cut(text: datasets.Dataset, fractions: dict[str, float], what: str) -> dict:
+    """Contiguous parts of ``text``: the last ``fractions[split]`` of its lines go to each split
+    in turn, from the end; ``train`` keeps the first lines. Not shuffled: held-out text should
+    come from a part the model never saw."""
+    n = len(text)
+    sizes = {split: int(round(n * f, 9)) for split, f in fractions.items()}
+    n_train = n - sum(sizes.values())
+    if min(n_train, *sizes.values()) <= 0:
+        raise UserError(
+            f"{what} has {n} lines, too few to cut into train/{'/'.join(sizes)}; use a longer "
+            f"file or change dataset.{'/'.join(FRACTION[split] for split in sizes)}"
+        )
+    parts, start = {"train": text.select(range(n_train))}, n_train
+    for split, size in sizes.items():
+        parts[split] = text.select(range(start, start + size))
+        start += size
+    return parts
+
+
+def _layout_file(data_dir: str | None, split: str) -> str | None:
+    """The split's file in ``data_dir`` (``train.txt`` or ``wiki.train.tokens``, ...)."""
+    if not data_dir:
+        return None
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise UserError(
+            f"dataset.data_dir: no such folder '{folder}'; point it at a folder holding "
+            "train.txt, valid.txt and test.txt (or WikiText's wiki.train.tokens, ...)"
+        )
+    found = [folder / name for name in LAYOUT[split] if (folder / name).is_file()]
+    if not found:
+        raise UserError(
+            f"dataset.data_dir: '{folder}' has no {' or '.join(LAYOUT[split])}; add it, or "
+            f"pass dataset.{OPTION[split]}=PATH"
+        )
+    return str(found[0])
+
+
+def text_files(
+    train_path: str | None = None,
+    valid_path: str | None = None,
+    test_path: str | None = None,
+    data_dir: str | None = None,
+    valid_fraction: float | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    cache_dir: str | None = None,
+) -> datasets.DatasetDict:
+    """Local text files, one sentence a line: three paths, or a ``data_dir`` holding
+    ``train.txt``/``valid.txt``/``test.txt`` (or WikiText's ``wiki.{train,valid,test}.tokens``);
+    a path given explicitly wins over ``data_dir``'s file. With ``valid_fraction`` the
+    validation split is the last lines of the training file instead of a file of its own."""
+    if not (train_path or data_dir):
+        raise UserError(
+            "dataset=text needs its files: pass dataset.data_dir=DIR (holding train.txt, "
+            "valid.txt, test.txt), or dataset.train_path, dataset.valid_path and dataset.test_path"
+        )
+    if valid_fraction is not None:
+        valid_fraction = _fraction(FRACTION["validation"], valid_fraction)
+        if valid_path:
+            raise UserError(
+                "dataset.valid_path and dataset.valid_fraction are both set: validate on a file "
+                "or on the end of the training file, not both (set the other to null)"
+            )
+    given = {"train": train_path, "validation": valid_path, "test": test_path}
+    carve = valid_fraction is not None  # validation: the end of the training file
     files = {
-        "train": _existing_file("train_path", train_path),
-        "validation": _existing_file("valid_path", valid_path),
-        "test": _existing_file("test_path", test_path),
+        split: (OPTION[split], given[split] or _layout_file(data_dir, split))
+        for split in SPLITS
+        if not (carve and split == "validation")
     }
-    return datasets.load_dataset("text", data_files=files, cache_dir=cache_dir)
+    if not carve and not files["validation"][1]:
+        raise UserError(
+            "dataset.valid_path is not set: pass dataset.valid_path=PATH, or "
+            "dataset.valid_fraction=0.1 to validate on the last tenth of the training file"
+        )
+    loaded = read_lines(files, encoding, errors, cache_dir)
+    if not carve:
+        return loaded
+    parts = _cut(
+        loaded["train"], {"validation": valid_fraction}, f"dataset.train_path '{files['train'][1]}'"
+    )
+    return datasets.DatasetDict(
+        train=parts["train"], validation=parts["validation"], test=loaded["test"]
+    )
 
 
 def single_file(
-    path: str,
+    path: str | None = None,
     valid_fraction: float = 0.05,
     test_fraction: float = 0.05,
+    encoding: str = "utf-8",
+    errors: str = "strict",
     cache_dir: str | None = None,
 ) -> datasets.DatasetDict:
-    """One text file cut into contiguous train / validation / test lines (tiny Shakespeare).
-
-    Contiguous, not shuffled: held-out text should come from a part of the work the model never
-    saw, as in the usual char-rnn setup.
-    """
-    text = datasets.load_dataset(
-        "text", data_files={"train": _existing_file("path", path)}, cache_dir=cache_dir
-    )["train"]
-    n = len(text)
-    n_test, n_valid = int(n * test_fraction), int(n * valid_fraction)
-    n_train = n - n_valid - n_test
-    if min(n_train, n_valid, n_test) <= 0:
+    """One text file cut into contiguous train / validation / test lines (tiny Shakespeare),
+    as in the usual char-rnn setup."""
+    if not path:
         raise UserError(
-            f"dataset.path '{path}' has {n} lines, too few to cut into train/validation/test; "
-            "use a longer file or change dataset.valid_fraction/test_fraction"
+            "dataset.path is not set: pass dataset.path=PATH to the text file to cut into "
+            "train/validation/test (dataset=shakespeare: tiny Shakespeare's input.txt)"
         )
-    return datasets.DatasetDict(
-        train=text.select(range(n_train)),
-        validation=text.select(range(n_train, n_train + n_valid)),
-        test=text.select(range(n_train + n_valid, n)),
-    )
+    given = {"validation": valid_fraction, "test": test_fraction}
+    fractions = {split: _fraction(FRACTION[split], f) for split, f in given.items()}
+    text = read_lines({"train": ("path", path)}, encoding, errors, cache_dir)["train"]
+    return datasets.DatasetDict(_cut(text, fractions, f"dataset.path '{path}'"))
 
 
 def hub(
@@ -102,7 +252,8 @@ def hub(
                 f"dataset '{hub_id}' has no column '{text_column}' (has {split.column_names}); "
                 "set dataset.text_column"
             )
-        out[ours] = split.select_columns([text_column]).rename_column(text_column, "text")
+        split = split.select_columns([text_column])
+        out[ours] = split if text_column == "text" else split.rename_column(text_column, "text")
     return datasets.DatasetDict(out)
 
 

@@ -1,7 +1,8 @@
 """One LightningDataModule for every corpus.
 
-text (hub | local files | generated) -> DatasetDict -> tokens (``datasets.map``, cached)
--> Vocabulary (train split only) -> one id stream per split -> batches (``batching.py``).
+text (hub | local files | generated) -> DatasetDict (``corpora.py``, cached by datasets)
+-> tokens, Vocabulary (train split only) and one id stream per split (``tokens.py``,
+vectorized) -> saved once, memory-mapped after (``stream_cache.py``) -> batches (``batching.py``).
 """
 
 from __future__ import annotations
@@ -9,31 +10,23 @@ from __future__ import annotations
 import math
 from functools import cached_property
 
+import datasets
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from lm_experiments.data import stream_cache
 from lm_experiments.data.batching import ColumnBatches, WindowBatches, already_batched
 from lm_experiments.data.corpora import SPLITS, load_corpus
 from lm_experiments.data.sampler import ResumableSampler, training_position
 from lm_experiments.data.synthetic import SENTENCE_LABELS, TOKEN_ANNOTATIONS
+from lm_experiments.data.tokens import TOKENIZERS, count, ids, tokenize
 from lm_experiments.data.vocab import Vocabulary
 from lm_experiments.errors import UserError
 
 STAGE_SPLIT = {"train": "train", "val": "validation", "test": "test"}
-
-
-def word_tokens(line: str) -> list[str]:
-    return line.split()
-
-
-def char_tokens(line: str) -> list[str]:
-    return list(line.rstrip("\n"))
-
-
-TOKENIZERS = {"word": word_tokens, "char": char_tokens}
 
 
 def flat_column(split, column: str, dtype) -> np.ndarray:
@@ -41,14 +34,6 @@ def flat_column(split, column: str, dtype) -> np.ndarray:
     loop over rows: WikiText-103 has 1.8M of them)."""
     values = split.with_format("arrow")[column].combine_chunks().flatten()
     return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-
-
-def _tokenize(batch: dict, tokenizer) -> dict:
-    return {"tokens": [tokenizer(line) for line in batch["text"]]}
-
-
-def _encode(batch: dict, vocab: Vocabulary) -> dict:
-    return {"ids": [vocab.encode(tokens) for tokens in batch["tokens"]]}
 
 
 class LMDataModule(L.LightningDataModule):
@@ -94,40 +79,53 @@ class LMDataModule(L.LightningDataModule):
 
     # --- text -> ids ------------------------------------------------------------------------
     @cached_property
-    def corpus(self):
-        """The tokenized splits (a DatasetDict with a ``tokens`` column), cached by datasets."""
-        raw = load_corpus(self.source, self.source_options, self.cache_dir)
-        tokenizer = TOKENIZERS[self.tokenizer]
-        tokenized = raw.map(
-            _tokenize, batched=True, fn_kwargs={"tokenizer": tokenizer}, desc="tokenize"
-        )
-        if "oracle_nll" not in tokenized["train"].column_names:  # keep rows aligned with oracle
-            tokenized = tokenized.filter(lambda row: len(row["tokens"]) > 0, desc="drop empty")
+    def corpus(self) -> datasets.DatasetDict:
+        """The source's splits as read: one row a line (empty lines too), column ``text``, and
+        per-token columns where the source has them."""
+        return load_corpus(self.source, self.source_options, self.cache_dir)
+
+    @cached_property
+    def _encoded(self) -> tuple[Vocabulary, dict[str, np.ndarray]]:
+        """(vocabulary, streams), from the stream cache when this corpus was seen before."""
+        settings = {
+            "source": self.source,
+            "options": self.source_options,
+            "tokenizer": self.tokenizer,
+            "min_freq": self.min_freq,
+            "max_size": self.max_size,
+        }
+        key = stream_cache.fingerprint(self.corpus, settings)
+        where = stream_cache.folder(self.cache_dir, key) if key else None
+        cached = stream_cache.load(where, SPLITS) if where else None
+        if cached:
+            return cached
+        vocab, streams = self._encode()
+        return stream_cache.save(where, vocab, streams) if where else (vocab, streams)
+
+    def _encode(self) -> tuple[Vocabulary, dict[str, np.ndarray]]:
+        train = tokenize(self.corpus["train"], self.tokenizer)
+        vocab = Vocabulary.from_counts(*count(train), self.min_freq, self.max_size)
+        streams = {"train": ids(train, vocab)}
+        del train  # the held-out splits are tokenized one at a time
+        for split in SPLITS[1:]:
+            streams[split] = ids(tokenize(self.corpus[split], self.tokenizer), vocab)
         for split in SPLITS:
-            if len(tokenized[split]) == 0:
+            if len(streams[split]) == 0:
                 raise UserError(
                     f"dataset '{self.name}': the {split} split has no tokens; "
                     "give it at least one non-empty line"
                 )
-        return tokenized
+        return vocab, streams
 
-    @cached_property
+    @property
     def vocab(self) -> Vocabulary:
-        return Vocabulary.build(
-            self.corpus["train"]["tokens"], min_freq=self.min_freq, max_size=self.max_size
-        )
+        return self._encoded[0]
 
-    @cached_property
+    @property
     def streams(self) -> dict[str, np.ndarray]:
-        """Per split, all ids in order: each sentence's tokens then ``<eos>``."""
-        encoded = self.corpus.map(
-            _encode,
-            batched=True,
-            fn_kwargs={"vocab": self.vocab},
-            remove_columns=["tokens"],
-            desc="encode",
-        )
-        return {split: flat_column(encoded[split], "ids", np.int64) for split in SPLITS}
+        """Per split, all ids in order (int32, read-only, memory-mapped from the cache): each
+        non-empty line's tokens then ``<eos>``."""
+        return self._encoded[1]
 
     @cached_property
     def oracle_ppl(self) -> dict[str, float]:

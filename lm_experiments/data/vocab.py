@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+import numpy as np
+
 UNK = "<unk>"
 EOS = "<eos>"
 UNK_ID = 0
@@ -35,13 +37,26 @@ class Vocabulary:
         counts = Counter()
         for tokens in sentences:
             counts.update(tokens)
-        counts.pop(UNK, None)  # a literal <unk> in the text *is* the vocabulary's <unk>
-        counts.pop(EOS, None)
-        # Counter.most_common is stable: ties keep first-occurrence order, so builds are repeatable.
-        words = [w for w, c in counts.most_common() if c >= min_freq]
+        return cls.from_counts(
+            list(counts), np.fromiter(counts.values(), np.int64, len(counts)), min_freq, max_size
+        )
+
+    @classmethod
+    def from_counts(
+        cls, tokens: list[str], counts: np.ndarray, min_freq: int = 1, max_size: int | None = None
+    ) -> Vocabulary:
+        """From distinct ``tokens`` in first-occurrence order and their ``counts``: the tokens
+        seen ``min_freq`` times, most frequent first, ties in first-occurrence order (so builds
+        are repeatable), at most ``max_size`` ids in all."""
+        counts = np.array(counts, dtype=np.int64)
+        for special in (UNK, EOS):  # a literal <unk> in the text *is* the vocabulary's <unk>
+            if special in tokens:
+                counts[tokens.index(special)] = -1
+        order = np.argsort(-counts, kind="stable")
+        order = order[counts[order] >= max(min_freq, 1)]  # never the specials (-1)
         if max_size is not None:
-            words = words[: max(0, max_size - 2)]
-        return cls([UNK, EOS, *words])
+            order = order[: max(0, max_size - 2)]
+        return cls([UNK, EOS, *(tokens[i] for i in order)])
 
     def __len__(self) -> int:
         return len(self.itos)

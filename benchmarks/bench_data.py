@@ -1,0 +1,158 @@
+"""Data set-up at WikiText-103 size: seconds from the command's start to the first training
+batch, with a cold cache and a warm one, and the peak memory.
+
+    python -m benchmarks.run data            # 16M and 100M tokens (WikiText-103: 103M)
+    python -m benchmarks.run data --quick    # 1M tokens: a smoke check
+    python -m benchmarks.bench_data 1000000  # one size, printed
+
+The text is generated (i.i.d. Zipf(1.1) words over WikiText-103's 267,735 types, 5-40 words a
+line) and written once, outside the timing. Each measurement is one real command,
+``python -m lm_experiments dataset=text ...`` with a one-step RNNLM (embedding and hidden 16,
+so the model costs little next to the data), timed from just before the process starts to the
+first ``on_train_batch_start`` (a callback writes the time): interpreter start, imports, Hydra,
+reading the text, tokenizing, the vocabulary, the id streams and the first batch all count.
+*Cold*: an empty cache folder (``datasets`` reads the text into Arrow, the tokens are counted and
+encoded, the streams written). *Warm*: the same command again, the streams memory-mapped. The
+file system's page cache is warm in both (the text was just written). Peak memory is the
+command's maximum resident set (``wait4``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+TITLE = "Data set-up: command start to first training batch (cold and warm cache)"
+ROOT = Path(__file__).resolve().parents[1]
+WT103_TYPES = 267_735
+STAMP = "BENCH_FIRST_BATCH_FILE"  # where FirstBatch writes the time
+GOALS = {"cold": 60.0, "warm": 5.0}  # seconds at 100M tokens (issue 16.3)
+
+
+class FirstBatch(L.Callback):
+    """Writes the wall-clock time of the first training batch to ``$BENCH_FIRST_BATCH_FILE``."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0 and os.environ.get(STAMP):
+            Path(os.environ[STAMP]).write_text(repr(time.time()))
+
+
+def write_text(path: Path, num_tokens: int, seed: int = 0, block: int = 5_000_000) -> int:
+    """``num_tokens`` words of Zipf text, one sentence a line, written block by block with Arrow
+    kernels (no Python loop over tokens). Returns the number of lines."""
+    rng = np.random.default_rng(seed)
+    p = np.arange(1, WT103_TYPES + 1, dtype=np.float64) ** -1.1
+    cdf = np.cumsum(p / p.sum())
+    names = pa.array([f"w{i}" for i in range(WT103_TYPES)])  # one Python string a type
+    lines = 0
+    with open(path, "wb") as f:
+        for start in range(0, num_tokens, block):
+            n = min(block, num_tokens - start)
+            words = np.minimum(np.searchsorted(cdf, rng.random(n)), WT103_TYPES - 1)
+            ends = np.cumsum(rng.integers(5, 41, size=n // 5 + 1))
+            offsets = np.concatenate([[0], ends[ends < n], [n]]).astype(np.int32)
+            sentences = pa.ListArray.from_arrays(pa.array(offsets), names.take(pa.array(words)))
+            text = pc.binary_join_element_wise(pc.binary_join(sentences, " "), "", "\n")
+            bounds = np.frombuffer(text.buffers()[1], np.int32)[text.offset :][[0, len(text)]]
+            f.write(memoryview(text.buffers()[2])[bounds[0] : bounds[1]])  # the lines, as bytes
+            lines += len(text)
+    return lines
+
+
+def first_batch_seconds(folder: Path, cache: Path) -> tuple[float, float]:
+    """(seconds to the first training batch, peak RSS in GB) of one real command."""
+    stamp = folder / "first_batch.txt"
+    stamp.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "lm_experiments",
+        "dataset=text",
+        f"dataset.data_dir={folder}",
+        f"paths.cache_dir={cache}",
+        f"hydra.run.dir={folder / 'run'}",
+        "model=rnnlm",
+        "model.embedding_dim=16",
+        "model.hidden_dim=16",
+        "trainer.max_steps=1",
+        "++trainer.limit_val_batches=1",
+        "test=false",
+        "logger=none",
+        "callbacks=none",
+        "print_config=false",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "+callbacks.first_batch._target_=benchmarks.bench_data.FirstBatch",
+    ]
+    env = {**os.environ, STAMP: str(stamp), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    started = time.time()
+    process = subprocess.Popen(
+        command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode or not stamp.exists():
+        raise RuntimeError(f"the run failed ({process.returncode}): {stderr.decode()[-3000:]}")
+    return float(stamp.read_text()) - started, usage.ru_maxrss / 2**20  # KiB -> GiB
+
+
+def measure(num_tokens: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        folder = Path(tmp)
+        lines = write_text(folder / "train.txt", num_tokens)
+        held_out = min(num_tokens // 100, 500_000)
+        write_text(folder / "valid.txt", held_out, seed=1)
+        write_text(folder / "test.txt", held_out, seed=2)
+        text_mb = (folder / "train.txt").stat().st_size / 2**20
+        cold = first_batch_seconds(folder, folder / "cache")
+        warm = first_batch_seconds(folder, folder / "cache")
+        streams = sum(f.stat().st_size for f in (folder / "cache").rglob("*.npy")) / 2**20
+    return {
+        "tokens": num_tokens,
+        "lines": lines,
+        "text_mb": text_mb,
+        "cold": cold,
+        "warm": warm,
+        "streams_mb": streams,
+    }
+
+
+def run(quick: bool = False) -> str:
+    sizes = [1_000_000] if quick else [16_000_000, 100_000_000]
+    rows = [
+        "| tokens | lines | text | cold: to first batch | cold: peak RSS | warm: to first batch "
+        "| warm: peak RSS | id streams on disk |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        m = measure(n)
+        rows.append(
+            f"| {n / 1e6:.0f}M | {m['lines']:,} | {m['text_mb']:.0f} MB | {m['cold'][0]:.1f} s | "
+            f"{m['cold'][1]:.2f} GB | {m['warm'][0]:.1f} s | {m['warm'][1]:.2f} GB | "
+            f"{m['streams_mb']:.0f} MB |"
+        )
+    return "\n".join(
+        [
+            *rows,
+            "",
+            f"Goals at 100M tokens: cold at most {GOALS['cold']:.0f} s, warm at most "
+            f"{GOALS['warm']:.0f} s, from the command's start (interpreter, imports and Hydra "
+            "included) to the first training batch. The id streams are int32 `.npy` files, "
+            "memory-mapped on a warm start (4 bytes a token).",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    tokens = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    print(measure(tokens))
