@@ -12,7 +12,9 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from lm_experiments import validation
 from lm_experiments.errors import UserError
+from lm_experiments.locations import conf_dir
 from lm_experiments.runtime.ddp import (
     ddp_job_argv,
     is_ddp_child,
@@ -24,19 +26,22 @@ from lm_experiments.train import objective, train
 from lm_experiments.utils import print_config_tree
 
 log = logging.getLogger("lm_experiments")
+run_log = logging.getLogger("lm_experiments.run_log")  # the run's log file only (conf/hydra)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def main(cfg: DictConfig) -> float:
+    validation.app_started()  # Hydra composed the config: stderr is the run's
     rank_zero = rank_zero_only.rank == 0  # DDP ranks > 0 run the same job, silently
-    if cfg.get("print_config", True) and rank_zero:
-        print_config_tree(cfg)
     try:
+        validation.check_config(cfg)  # one line for a missing or out-of-range value
+        if cfg.get("print_config", True) and rank_zero:
+            print_config_tree(cfg)
         # DDP ranks 1..N-1 (started by Lightning) rerun exactly this job, not the sweep
         with isolated_ddp_job(ddp_job_argv()):
             metrics = train(cfg)
     except UserError as err:
-        log.error("%s", err)
+        run_log.error("%s", err)
         if is_ddp_child():  # every rank meets the same error; rank 0 reports it. A child's
             sys.exit(0)  # non-zero exit would make Lightning's launcher kill rank 0 (the sweep)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -56,4 +61,5 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     rerun_as_ddp_child()  # before Hydra parses the command line
-    main()
+    with validation.hydra_errors():  # Hydra's composition errors (unknown key...) as one line
+        main()

@@ -14,10 +14,10 @@ USAGE = "usage: python -m lm_experiments.ngram export ckpt_path=PATH out=PATH.ar
 
 
 def export(ckpt_path: str, out: str) -> str:
-    from lm_experiments.generate import load_model
     from lm_experiments.models.ngram import NGramLM, export_arpa
+    from lm_experiments.tasks.loading import load_task
 
-    model = load_model(ckpt_path)
+    model = load_task(ckpt_path)  # reads the checkpoint once
     if not isinstance(model, NGramLM):
         raise UserError(f"'{ckpt_path}' holds a {type(model).__name__}, not an n-gram model")
     return str(export_arpa(model, out))

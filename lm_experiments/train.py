@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lm_experiments import wandb_extras
 from lm_experiments.errors import UserError
+from lm_experiments.generation import TokenizerInCheckpoint
 from lm_experiments.runtime.checkpoints import (
     AtomicCheckpointIO,
     ModelGroupInCheckpoint,
@@ -29,6 +30,7 @@ from lm_experiments.runtime.checkpoints import (
 from lm_experiments.runtime.compat import check_versions
 from lm_experiments.runtime.signals import interruption
 from lm_experiments.tasks.language_modeling import check_vocabulary
+from lm_experiments.threads import IntraOpThreads
 from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,8 @@ def _callbacks(cfg: DictConfig) -> list:
     (Lightning refuses the combination; a user asking for no progress bar means it), and the
     model's config in every checkpoint (so that using it needs no ``model=``)."""
     callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks.append(IntraOpThreads(cfg.get("threads", "auto")))  # threads=auto|N (threads.py)
+    callbacks.append(TokenizerInCheckpoint())  # generation joins tokens as they were split
     callbacks.append(ModelGroupInCheckpoint(cfg.model, cfg.get("model_name") or _model_choice()))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -114,9 +118,7 @@ def _callbacks(cfg: DictConfig) -> list:
 def train(cfg: DictConfig) -> dict:
     """Run the experiment described by ``cfg`` and return its metrics."""
     threads = torch.get_num_threads()
-    try:
-        if cfg.get("threads"):  # CPU intra-op threads; small models often run fastest on one
-            torch.set_num_threads(int(cfg.threads))
+    try:  # each stage's intra-op threads are set by the IntraOpThreads callback (threads.py)
         return _run(cfg)
     finally:
         torch.set_num_threads(threads)  # the next job of a multirun starts from the default

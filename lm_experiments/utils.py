@@ -15,6 +15,7 @@ import rich.tree
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from lm_experiments import locations
 from lm_experiments.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,20 @@ def print_config_tree(cfg: DictConfig) -> None:
 
 def instantiate(node: DictConfig, **kwargs):
     """``hydra.utils.instantiate``, letting a UserError raised by the target reach the user as it
-    is (Hydra wraps every exception of a target in an InstantiationException)."""
+    is (Hydra wraps every exception of a target in an InstantiationException), and turning a
+    target's refusal of its arguments (ValueError, TypeError) into one line naming the target."""
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as err:
-        if isinstance(err.__cause__, UserError):
-            raise err.__cause__ from None
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, ValueError | TypeError):
+            target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+            raise UserError(
+                f"{target} refused its configuration: {cause}; fix the value in its config "
+                "group (`--cfg job` prints them)"
+            ) from None
         raise
 
 
@@ -77,3 +86,5 @@ def wandb_mode() -> str:
 
 OmegaConf.register_new_resolver("wandb_mode", wandb_mode, replace=True)
 OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+OmegaConf.register_new_resolver("lm_home", locations.home, replace=True)
+OmegaConf.register_new_resolver("lm_cache", locations.cache_home, replace=True)

@@ -21,6 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
+import lm_experiments  # noqa: F401  registers the config resolvers (paths: lm_home, lm_cache)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED = ROOT.parent / "shared"
@@ -154,6 +156,7 @@ def cli_env() -> dict[str, str]:
 def run_cli(args: list[str], cwd: Path, module: str = "lm_experiments", timeout: int = 240):
     """Run ``python -m <module> ...`` in a subprocess, as a user would."""
     env = cli_env()
+    env.setdefault("LM_EXPERIMENTS_HOME", str(cwd))  # default run dirs under the test's folder
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

@@ -141,7 +141,7 @@ def test_adaptive_softmax_trains_and_reports_exact_perplexity(
     assert math.isfinite(metrics["test/ppl"])
 
     datamodule, untrained = build(cfg)
-    model = load_model(metrics["best_checkpoint"])
+    model, _ = load_model(metrics["best_checkpoint"])
     assert isinstance(model.net.head, AdaptiveSoftmax)
     assert model.net.head.cutoffs == [4, 10, model.net.vocab_size]
     stream = torch.as_tensor(datamodule.streams["test"])

@@ -78,3 +78,47 @@ def test_threads_sets_the_intra_op_threads_for_the_run_only(tmp_path, cache_dir,
     train(compose_config([*overrides, "trainer.limit_train_batches=2"], tmp_path, cache_dir))
     assert ThreadsDuringTraining.seen == [2]
     assert torch.get_num_threads() == 1  # restored: the session's setting (conftest)
+
+
+@pytest.mark.parametrize("debug", options("debug"))
+def test_debug_choices_compose(tmp_path, cache_dir, debug):
+    cfg = compose_config([f"debug={debug}"], tmp_path, cache_dir)
+    assert cfg.task_name == "debug" and cfg.trainer.accelerator == "cpu"
+    assert cfg.logger is None
+
+
+def test_threads_auto_never_gives_a_small_model_more_than_one_thread(monkeypatch):
+    from lm_experiments import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads.auto_threads(100_000, free=8) == 1  # small: threads only cost
+    big = 16 * threads.PARAMS_PER_THREAD
+    assert threads.auto_threads(big, free=1) == 1  # a busy machine: no spin-waiting threads
+    assert threads.auto_threads(big, free=4) == 4
+    assert threads.auto_threads(big, processes=2, free=4) == 2  # DDP ranks share the node
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    assert threads.free_cores() == 1  # one of two cores is taken by another process
+    assert threads.auto_threads(big) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.auto_threads(big, free=1) == 3  # the user's explicit choice
+    assert threads.resolve(2, 10) == 2
+    assert compose_default_threads() == "auto"
+
+
+def compose_default_threads():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config").threads
+
+
+def test_runs_go_under_the_project_root_or_lm_experiments_home(tmp_path, monkeypatch):
+    from lm_experiments import locations
+
+    assert locations.conf_dir() == str(CONF)
+    monkeypatch.delenv("LM_EXPERIMENTS_HOME", raising=False)
+    assert locations.home() == str(CONF.parent)  # a checkout: its root, not the cwd
+    assert locations.cache_home() == str(CONF.parent / ".cache")
+    monkeypatch.setenv("LM_EXPERIMENTS_HOME", str(tmp_path))
+    assert locations.home() == str(tmp_path)
+    assert locations.cache_home() == str(tmp_path / ".cache")

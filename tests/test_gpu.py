@@ -143,7 +143,7 @@ def test_a_run_stopped_mid_epoch_on_the_device_resumes_on_the_device_and_on_the_
 def test_greedy_generation_on_the_device_writes_the_cpus_sentences(cpu_runs):
     reference, _ = cpu_runs
     for model in ("rnnlm", "nnlm"):
-        lm = load_model(reference[model]["best_checkpoint"])
+        lm, _ = load_model(reference[model]["best_checkpoint"])
         on_cpu = lm.generate(4, max_length=30, temperature=0)
         on_device = lm.to(DEVICE_TYPE).generate(4, max_length=30, temperature=0)
         assert on_device == on_cpu, model

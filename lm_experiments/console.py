@@ -1,0 +1,41 @@
+"""A quiet console: what a run prints is the project's own output, each error once.
+
+Removed here, each matched by its exact text so that nothing else is hidden:
+Lightning's advertising tips (litlogger, litmodels), torch's ``LeafSpec`` deprecation warning that
+Lightning's ``_pytree`` triggers on every fit and test, and wandb's ``anonymous setting`` warning,
+which Lightning's ``WandbLogger`` causes by always passing ``anonymous=None``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from lightning.pytorch.loggers import WandbLogger
+
+TIPS = ("💡 Tip:",)
+WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TIPS)
+
+
+def quiet() -> None:
+    """Install the filters (idempotent: the same filter objects are added at most once)."""
+    for message in WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTips())
+
+
+class QuietWandbLogger(WandbLogger):
+    """Lightning's WandbLogger without the ``anonymous=None`` it hands ``wandb.init`` (wandb warns
+    about any value of that deprecated setting). Checked on lightning 2.4-2.6."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self, "_wandb_init", {}).get("anonymous", False) is None:
+            del self._wandb_init["anonymous"]
