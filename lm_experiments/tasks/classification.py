@@ -8,6 +8,8 @@ from lm_experiments.tasks.supervised import SupervisedTask
 
 
 class Classification(SupervisedTask):
+    kind = "classify"
+
     def make_head(self, encoder, num_labels: int, pooling: str = "last", bag_of_words=False):
         if bag_of_words:  # the order-blind baseline: average (or max) embedding
             return SentenceClassifier(None, num_labels, pooling, embedding=encoder.embedding)

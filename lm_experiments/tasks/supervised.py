@@ -17,6 +17,33 @@ from lm_experiments.models.encoders import RecurrentEncoder
 STAGES = ("train", "val", "test")
 
 
+def labelled_data(datamodule, task_cfg):
+    """The data a task reads: a labelled dataset as it is; for ``task=classify|tag`` on the
+    embedded corpus (``dataset=synthetic``), its sentences with the grammar's exact labels
+    (``task.label``, ``task.limit_train``). The LM task gets the data module unchanged."""
+    from hydra.utils import get_class
+
+    kind = getattr(get_class(task_cfg._target_), "kind", None)
+    if kind is None or hasattr(datamodule, "labels"):
+        if kind is not None and task_cfg.get("limit_train") is not None:
+            raise UserError("task.limit_train is for dataset=synthetic; use dataset.limit_train")
+        return datamodule
+    if not getattr(datamodule, "annotations", None):
+        raise UserError(
+            f"task={kind} needs labelled data: dataset=synthetic, or a labelled dataset "
+            f"(tags, labels, conll2003, sst2, imdb); '{datamodule.name}' has no labels"
+        )
+    from lm_experiments.data.synthetic_labels import SyntheticLabelled
+
+    return SyntheticLabelled(
+        datamodule,
+        kind,
+        task_cfg.get("label"),
+        task_cfg.get("limit_train"),
+        task_cfg.get("encoder_ckpt"),
+    )
+
+
 def encoder_of(net, bidirectional: bool) -> RecurrentEncoder:
     """The LM net's recurrent encoder (its head is dropped); rebuilt reading both ways when
     ``bidirectional`` (allowed here: a classifier or tagger sees the whole sentence)."""
@@ -55,6 +82,7 @@ class SupervisedTask(L.LightningModule):
     """Subclasses give ``make_head(encoder)`` (-> logits) and may add metrics."""
 
     monitor = "val/acc"  # checkpoints and early stopping: validation accuracy, never test
+    kind: str  # "classify" | "tag": the data it reads (``labelled_data``)
 
     def __init__(
         self,
@@ -70,6 +98,8 @@ class SupervisedTask(L.LightningModule):
         oracle_ppl=None,  # the LM task's; a labelled corpus has none
         monitor: str = "val/acc",  # read by conf/callbacks (checkpoint, early stopping)
         monitor_mode: str = "max",
+        label: str | None = None,  # dataset=synthetic: which sentence label (the data's choice)
+        limit_train: int | None = None,  # dataset=synthetic: the labelled sentences used
         **head_options,
     ):
         super().__init__()
