@@ -122,3 +122,41 @@ def test_two_ddp_processes_give_one_process_accuracy(tmp_path, cache_dir):
         metrics[name] = json.loads((run / "metrics.json").read_text())
     for key in ("test/acc", "test/majority_acc", "val/acc"):
         assert metrics["one"][key] == pytest.approx(metrics["two"][key], abs=1e-6), key
+
+
+SYNTHETIC = [
+    "dataset=synthetic",
+    "dataset.train_tokens=5000",
+    "dataset.valid_tokens=1200",
+    "dataset.test_tokens=1200",
+]
+
+
+@pytest.mark.parametrize("label", ["question", "subject_number", "verb_class"])
+def test_the_synthetic_sentence_labels_need_memory_and_are_learnt(label, tmp_path, cache_dir):
+    from lm_experiments.data.synthetic.lexicon import QUESTION_AUX
+    from lm_experiments.train import build
+
+    args = ["task=classify", "model=lstm", *SYNTHETIC, *SMALL, *FAST, f"task.label={label}"]
+    cfg = compose_config(args, tmp_path, cache_dir)
+    data, model = build(cfg)
+    texts = data.corpus.corpus["test"]["text"]
+    for (words, name), text in zip(data.examples["test"], texts, strict=True):
+        assert words == text.split()[:-1]  # read without the final mark that gives it away
+        if label == "question":
+            question = text.endswith("?")
+            assert (name == "question") == question
+            assert question == (words[0] in (*QUESTION_AUX, "what", "who"))
+    assert model.labels == data.labels and len(model.labels) >= 2
+    metrics = train(cfg)
+    assert metrics["test/acc"] > metrics["test/majority_acc"] + 0.1, metrics
+
+
+def test_a_label_the_synthetic_corpus_lacks_is_one_error_line(tmp_path, cache_dir):
+    args = ["task=classify", *SYNTHETIC, "task.label=colour", f"paths.output_dir={tmp_path}/r"]
+    args.append(f"paths.cache_dir={cache_dir}")
+    done = run_cli(args, tmp_path)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(errors) == 1, done.stderr[-1500:]
+    assert "task.label" in errors[0] and "verb_class" in errors[0]
+    assert "Traceback" not in done.stderr

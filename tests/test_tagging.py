@@ -170,3 +170,33 @@ def test_an_lm_encoder_loads_into_a_tagger_and_a_frozen_one_stays_fixed(tmp_path
     for k, v in before.items():
         assert torch.equal(best[f"model.encoder.{k}"], v), k
     assert not torch.equal(best["model.head.weight"], head)  # ... while the head trained
+
+
+SYNTHETIC = [
+    "dataset=synthetic",
+    "dataset.train_tokens=5000",
+    "dataset.valid_tokens=1200",
+    "dataset.test_tokens=1200",
+]
+
+
+def test_a_tagger_beats_the_majority_class_on_the_grammars_word_classes(tmp_path, cache_dir):
+    args = ["task=tag", "model=lstm", *SYNTHETIC, *SMALL, "trainer.max_epochs=3", *FAST]
+    metrics = train(compose_config(args, tmp_path, cache_dir))
+    assert metrics["test/majority_acc"] < 0.35  # many classes, none dominant
+    assert metrics["test/acc"] > metrics["test/majority_acc"] + 0.4, metrics
+    assert metrics["test/tag_f1/det"] > 0.9 and "test/tag_f1/eos" not in metrics
+
+
+def test_the_synthetic_tags_are_the_grammars_and_repeat(tmp_path, cache_dir):
+    from lm_experiments.data.synthetic import TAGS, annotate, default_grammar
+
+    cfg = compose_config(["task=tag", "model=lstm", *SYNTHETIC, *FAST], tmp_path, cache_dir)
+    data, tagger = build(cfg)
+    again, _ = build(compose_config(["task=tag", *SYNTHETIC, *FAST], tmp_path / "b", cache_dir))
+    assert data.examples == again.examples and tagger.labels == list(TAGS[:-1])
+    grammar = default_grammar()
+    for words, tags in data.examples["test"][:50]:
+        assert [TAGS[t] for t in annotate(grammar, words).tag[:-1]] == tags  # no <eos> tag
+        assert tags[-1] == "punct" and (words[0] != "the" or tags[0] == "det")
+    assert data.vocab.itos == data.corpus.vocab.itos  # the LM's: a pretrained encoder fits
