@@ -231,6 +231,9 @@ def _run(cfg: DictConfig) -> dict:
 
 
 def objective(metrics: dict) -> float:
-    """What sweepers minimise: the best validation perplexity (inf when there is none)."""
+    """What sweepers minimise: the best validation perplexity, or for a classifier or tagger
+    its validation error, 1 - the best ``val/acc`` (inf when there is none)."""
+    if "val/acc_best" in metrics:
+        return 1.0 - metrics["val/acc_best"]
     value = metrics.get("val/ppl_best", math.inf)
     return value if math.isfinite(value) else math.inf

@@ -4,6 +4,7 @@ and an LM's encoder carried into a classifier."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,6 +123,11 @@ def test_two_ddp_processes_give_one_process_accuracy(tmp_path, cache_dir):
         metrics[name] = json.loads((run / "metrics.json").read_text())
     for key in ("test/acc", "test/majority_acc", "val/acc"):
         assert metrics["one"][key] == pytest.approx(metrics["two"][key], abs=1e-6), key
+    from lm_experiments.compare.scores import read_scores, scores_path
+
+    one, two = (read_scores(scores_path(tmp_path / name, "test")) for name in ("one", "two"))
+    assert two["sentence"].tolist() == list(range(31))  # both ranks' sentences, once, in order
+    assert {k: v.tolist() for k, v in one.items()} == {k: v.tolist() for k, v in two.items()}
 
 
 SYNTHETIC = [
@@ -160,3 +166,37 @@ def test_a_label_the_synthetic_corpus_lacks_is_one_error_line(tmp_path, cache_di
     assert done.returncode != 0 and len(errors) == 1, done.stderr[-1500:]
     assert "task.label" in errors[0] and "verb_class" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+def test_a_sweep_of_classifiers_is_ranked_by_accuracy_over_sentence_score_files(
+    tmp_path, cache_dir
+):
+    """Each run writes scores/{val,test}.parquet (one row a sentence, its 0/1 ``correct``);
+    the report ranks by test accuracy, highest first, with a bootstrap interval over them."""
+    from lm_experiments.compare import write_report
+    from lm_experiments.compare.scores import read_scores, scores_path
+    from lm_experiments.train import objective
+
+    files = write_labels(tmp_path, first_word_label, sizes=(120, 40, 41))
+    sweep = tmp_path / "multirun"
+    args = ["-m", "task=classify", "model=lstm", "task.pooling=last,mean", "logger=csv"]
+    args += [*file_overrides("labels", files), *SMALL, "trainer.enable_progress_bar=false"]
+    args += [f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache_dir}", "print_config=false"]
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = write_report(sweep, show=False, resamples=200)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    accuracy = [r["test_acc"] for r in rows]
+    assert accuracy == sorted(accuracy, reverse=True)  # higher is better
+    for row in rows:
+        metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+        scores = read_scores(scores_path(row["run_dir"], "test"))
+        assert scores["sentence"].tolist() == list(range(41))  # every test sentence, in order
+        assert set(scores["correct"].tolist()) <= {0, 1} and "labels" not in scores
+        assert scores["correct"].mean() == pytest.approx(metrics["test/acc"], abs=1e-6)
+        assert row["test_acc"] == metrics["test/acc"]
+        assert row["test_acc_lo"] <= row["test_acc"] <= row["test_acc_hi"]
+        assert row["test_acc_hi"] - row["test_acc_lo"] > 0 or row["test_acc"] == 1.0
+        assert metrics["val/acc_best"] >= metrics["val/acc"]  # the sweeps' objective:
+        assert objective(metrics) == pytest.approx(1 - metrics["val/acc_best"])  # minimised
+        assert read_scores(scores_path(row["run_dir"], "val"))["sentence"].size == 40

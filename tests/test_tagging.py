@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -186,6 +187,13 @@ def test_a_tagger_beats_the_majority_class_on_the_grammars_word_classes(tmp_path
     assert metrics["test/majority_acc"] < 0.35  # many classes, none dominant
     assert metrics["test/acc"] > metrics["test/majority_acc"] + 0.4, metrics
     assert metrics["test/tag_f1/det"] > 0.9 and "test/tag_f1/eos" not in metrics
+    from lm_experiments.compare.scores import read_scores, scores_path
+
+    scores = read_scores(scores_path(tmp_path, "test"))  # one row a sentence: its right tags
+    assert (scores["labels"] == scores["tokens"]).all() and (
+        scores["correct"] <= scores["labels"]
+    ).all()
+    assert scores["correct"].sum() / scores["labels"].sum() == pytest.approx(metrics["test/acc"])
 
 
 def test_the_synthetic_tags_are_the_grammars_and_repeat(tmp_path, cache_dir):

@@ -219,7 +219,10 @@ class LabelledDataModule(L.LightningDataModule):
         return out
 
     def collate(self, rows: list) -> dict[str, torch.Tensor]:
-        """Pad to the longest sentence: tokens [B, T], lengths [B], targets [B] or [B, T]."""
+        """Pad to the longest sentence: tokens [B, T], lengths [B], targets [B] or [B, T], and
+        each row's index in the split, ``sentence`` [B] (for the per-sentence score files)."""
+        sentence = torch.tensor([index for index, _ in rows])
+        rows = [row for _, row in rows]
         lengths = torch.tensor([len(ids) for ids, _ in rows])
         tokens = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long)
         for i, (ids, _) in enumerate(rows):
@@ -230,10 +233,10 @@ class LabelledDataModule(L.LightningDataModule):
                 targets[i, : len(tags)] = torch.tensor(tags)
         else:
             targets = torch.tensor([label for _, label in rows])
-        return {"tokens": tokens, "lengths": lengths, "targets": targets}
+        return {"tokens": tokens, "lengths": lengths, "targets": targets, "sentence": sentence}
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        data = self.encoded(split)
+        data = list(enumerate(self.encoded(split)))  # (index in the split, (ids, labels))
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         # one order for any world size: one process and several see the same batches

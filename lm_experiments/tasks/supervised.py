@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from lm_experiments.data.vocab import IGNORE_INDEX, Vocabulary
 from lm_experiments.errors import UserError
 from lm_experiments.models.encoders import RecurrentEncoder
+from lm_experiments.tasks.sentence_scores import sentence_rows, write_sentence_scores
 
 STAGES = ("train", "val", "test")
 
@@ -118,6 +119,8 @@ class SupervisedTask(L.LightningModule):
         # (ModuleDict keys may not be "train": nn.Module.train)
         self.metrics = nn.ModuleDict({f"{s}_scores": self.make_scores() for s in STAGES})
         self.results: dict[str, dict[str, float]] = {}
+        self.kept: dict[str, list] = {"val": [], "test": []}  # per-sentence rows (score files)
+        self.best_val_acc = 0.0
 
     def make_head(self, encoder, num_labels: int, **options) -> nn.Module:
         raise NotImplementedError
@@ -149,7 +152,10 @@ class SupervisedTask(L.LightningModule):
         loss = nn.functional.cross_entropy(
             logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX
         )
-        self.update_scores(self.metrics[f"{stage}_scores"], logits.argmax(-1), targets)
+        predicted = logits.argmax(-1)
+        self.update_scores(self.metrics[f"{stage}_scores"], predicted, targets)
+        if stage != "train":
+            self.kept[stage].append(sentence_rows(batch, predicted, targets))
         self.log(
             f"{stage}/loss",
             loss,
@@ -188,6 +194,11 @@ class SupervisedTask(L.LightningModule):
                     {f"{name}/{tag}": float(v) for tag, v in zip(self.labels, value, strict=True)}
                 )
         self.metrics[f"{stage}_scores"].reset()
+        if stage != "train":
+            write_sentence_scores(self, stage, self.kept[stage], self.kind == "tag")
+            self.kept[stage] = []
+        if stage == "val":  # the sweeps' objective (train.objective): the best so far
+            self.best_val_acc = out["acc_best"] = max(self.best_val_acc, out["acc"])
         self.results[stage] = out
         self.log_dict({f"{stage}/{k}": v for k, v in out.items()}, rank_zero_only=False)
 
@@ -199,6 +210,7 @@ class SupervisedTask(L.LightningModule):
             self._finish("val")
         else:
             self.metrics["val_scores"].reset()
+            self.kept["val"] = []
 
     def on_test_epoch_end(self):
         self._finish("test")
