@@ -200,3 +200,35 @@ def test_a_sweep_of_classifiers_is_ranked_by_accuracy_over_sentence_score_files(
         assert metrics["val/acc_best"] >= metrics["val/acc"]  # the sweeps' objective:
         assert objective(metrics) == pytest.approx(1 - metrics["val/acc_best"])  # minimised
         assert read_scores(scores_path(row["run_dir"], "val"))["sentence"].size == 40
+
+
+def test_an_lm_checkpoint_of_another_architecture_is_one_error_line(tmp_path, cache_dir):
+    """An LSTM LM with hidden 64 into a classifier with hidden 32 (the CLI), or into a GRU one."""
+    from lm_experiments.errors import UserError
+    from lm_experiments.train import build
+
+    files = write_labels(tmp_path, first_word_label, sizes=(40, 10, 10))
+    text = {}
+    for split, path in files.items():  # the labelled sentences as unlabelled text
+        text[split] = tmp_path / f"{split}.txt"
+        text[split].write_text(
+            "\n".join(line.split("\t")[1] for line in path.read_text().splitlines())
+        )
+    lm = ["dataset=text", *[f"dataset.{s}_path={p}" for s, p in text.items()], "model=lstm"]
+    lm += ["model.embedding_dim=16", "model.hidden_dim=64", "trainer.max_epochs=1", *FAST]
+    ckpt = train(compose_config(lm, tmp_path / "lm", cache_dir))["best_checkpoint"]
+    classify = ["task=classify", *file_overrides("labels", files), f"task.encoder_ckpt={ckpt}"]
+    args = [*classify, "model=lstm", "model.embedding_dim=16", "model.hidden_dim=32"]
+    done = run_cli(
+        [*args, f"paths.output_dir={tmp_path}/r", f"paths.cache_dir={cache_dir}"], tmp_path
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(errors) == 1, done.stderr[-2000:]
+    assert (
+        "task.encoder_ckpt" in errors[0] and "hidden 64" in errors[0] and "hidden 32" in errors[0]
+    )
+    assert "Traceback" not in done.stderr and not (tmp_path / "r" / "metrics.json").exists()
+    gru = [*classify, "model=stacked_rnn", "model.cell=gru", "model.embedding_dim=16"]
+    gru += ["model.hidden_dim=64", "model.num_layers=2", *FAST]
+    with pytest.raises(UserError, match=r"\(lstm, 2 layer.*does not match.*\(gru, 2 layer"):
+        build(compose_config(gru, tmp_path / "gru", cache_dir))

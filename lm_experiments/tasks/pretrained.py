@@ -43,7 +43,12 @@ def load_encoder(encoder: RecurrentEncoder, path: str, vocab: Vocabulary) -> Non
     encoder.load_state_dict(weights, strict=False)
 
 
+CELL_OF_GATES = {1: "rnn_tanh", 3: "gru", 4: "lstm"}  # weight_hh rows per hidden unit
+
+
 def describe(shapes: dict) -> str:
     layers = sum(1 for k in shapes if k.startswith("rnn.weight_ih_l"))
-    hidden = shapes.get("rnn.weight_hh_l0", (0, 0))[1]
-    return f"{layers} layer(s), hidden {hidden}, embedding {shapes.get('embedding.weight')}"
+    rows, hidden = shapes.get("rnn.weight_hh_l0", (0, 0))
+    cell = CELL_OF_GATES.get(rows // hidden if hidden else 0, "?")
+    embedding = shapes.get("embedding.weight")
+    return f"{cell}, {layers} layer(s), hidden {hidden}, embedding {embedding}"
