@@ -232,3 +232,38 @@ def test_an_lm_checkpoint_of_another_architecture_is_one_error_line(tmp_path, ca
     gru += ["model.hidden_dim=64", "model.num_layers=2", *FAST]
     with pytest.raises(UserError, match=r"\(lstm, 2 layer.*does not match.*\(gru, 2 layer"):
         build(compose_config(gru, tmp_path / "gru", cache_dir))
+
+
+def test_sst2_s_unlabelled_test_split_is_never_scored_as_a_class(tmp_path, cache_dir):
+    """SST-2's schema (idx, sentence, label) with its hub test split's label -1 everywhere:
+    no class "-1"; the labelled validation split is tested, train gives up a validation split."""
+    from lm_experiments.compare.scores import read_scores, scores_path
+    from lm_experiments.train import build
+    from tests.labelled_data import sentences
+
+    files = {}
+    for seed, (split, n) in enumerate((("train", 160), ("validation", 30), ("test", 25))):
+        rows = [
+            {
+                "idx": i,
+                "sentence": " ".join(s),
+                "label": -1 if split == "test" else int(first_word_label(s) == "pos"),
+            }
+            for i, s in enumerate(sentences(n, seed))
+        ]
+        files[split] = tmp_path / f"{split}.json"
+        files[split].write_text("\n".join(json.dumps(r) for r in rows))
+    args = ["task=classify", "model=lstm", "dataset=sst2", *SMALL, *FAST]
+    args += [f"+dataset.data_files.{k}={v}" for k, v in files.items()]
+    cfg = compose_config(args, tmp_path / "run", cache_dir)
+    data, model = build(cfg)
+    assert data.labels == model.labels == ["0", "1"]  # never "-1"
+    sizes = {split: len(examples) for split, examples in data.examples.items()}
+    assert sizes == {"train": 130, "validation": 30, "test": 30}
+    validation = [" ".join(words) for words, _ in data.examples["test"]]
+    assert validation == [
+        json.loads(line)["sentence"] for line in files["validation"].read_text().splitlines()
+    ]
+    metrics = train(cfg)
+    assert metrics["test/acc"] > metrics["test/majority_acc"]
+    assert len(read_scores(scores_path(tmp_path / "run", "test"))["correct"]) == 30
