@@ -12,7 +12,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lm_experiments.data.vocab import IGNORE_INDEX, Vocabulary
 from lm_experiments.errors import UserError
-from lm_experiments.models.encoders import RecurrentEncoder
+from lm_experiments.models.encoders import RecurrentEncoder, WindowProjection
+from lm_experiments.models.window_encoder import WindowEncoder
 from lm_experiments.tasks.sentence_scores import sentence_rows, write_sentence_scores
 
 STAGES = ("train", "val", "test")
@@ -45,14 +46,20 @@ def labelled_data(datamodule, task_cfg):
     )
 
 
-def encoder_of(net, bidirectional: bool) -> RecurrentEncoder:
-    """The LM net's recurrent encoder (its head is dropped); rebuilt reading both ways when
-    ``bidirectional`` (allowed here: a classifier or tagger sees the whole sentence)."""
+def encoder_of(net, bidirectional: bool) -> RecurrentEncoder | WindowEncoder:
+    """The LM net's encoder (its head is dropped): a recurrent one, rebuilt reading both ways
+    when ``bidirectional`` (allowed here: a classifier or tagger sees the whole sentence), or
+    the NNLM's projection and hidden layer, on a window around each token when
+    ``bidirectional`` (else the LM's own window, ending at the token)."""
+    projection = getattr(net, "projection", None)
+    if isinstance(projection, WindowProjection):
+        right = (projection.window - 1) // 2 if bidirectional else 0
+        return WindowEncoder(projection, net.hidden, net.drop.p, right)
     encoder = getattr(net, "encoder", None)
     if not isinstance(encoder, RecurrentEncoder):
         raise UserError(
-            f"task=classify|tag needs a recurrent model (rnnlm, lstm, gru, stacked_rnn); "
-            f"got {type(net).__name__}"
+            f"task=classify|tag needs a recurrent model (rnnlm, lstm, gru, stacked_rnn) or, "
+            f"for tagging, the NNLM's window; got {type(net).__name__}"
         )
     if not bidirectional or encoder.directions == 2:
         return encoder
