@@ -168,8 +168,9 @@ class _Window:
         }
 
 
-def _framework(cfg, init_state: dict, window: _Window) -> dict:
-    """``trainer.fit`` as train.py builds it, timed by a callback."""
+def _framework(cfg, init_state: dict, window: _Window, **trainer_options) -> dict:
+    """``trainer.fit`` as train.py builds it, timed by a callback (``trainer_options``: e.g. a
+    profiler, for ``profile_step.py``)."""
     import lightning as L
 
     from lm_experiments.data.vocab import IGNORE_INDEX
@@ -186,7 +187,8 @@ def _framework(cfg, init_state: dict, window: _Window) -> dict:
     datamodule, model = build(cfg)
     model.load_state_dict(init_state)
     callbacks = [*instantiate_group(cfg.get("callbacks")), Timer()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.logger))
+    logger = instantiate_group(cfg.logger)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **trainer_options)
     trainer.fit(model, datamodule=datamodule)
     return {**window.rates, "model": model, "datamodule": datamodule}
 
@@ -281,7 +283,7 @@ def measure(job: dict) -> dict:
                 run = once(runner, precision)
                 runs[runner, precision].append(run)
                 if runner == "framework" and f"val_ppl {precision}" not in out:
-                    out[f"val_ppl {precision}"] = _validate(run, precision)  # after these steps
+                    out[f"val_ppl {precision}"] = _validate(run, precision, workdir)
         for (runner, precision), results in runs.items():  # the best round, by each clock
             out[f"{runner} {precision}"] = max(r["tokens_per_sec"] for r in results)
             out[f"{runner}_cpu {precision}"] = max(r["tokens_per_cpu_sec"] for r in results)
@@ -304,11 +306,13 @@ COMPARED = (("32-true", "32-true"), ("bf16-mixed", "32-true"), ("bf16-mixed", "b
 GOALS = {("32-true", "32-true"): 1.0, ("bf16-mixed", "32-true"): 1.5}
 
 
-def _validate(run: dict, precision: str) -> float:
-    """Validation perplexity of a trained framework run, evaluated in its own precision."""
+def _validate(run: dict, precision: str, workdir: str) -> float:
+    """Validation perplexity of a framework run after its steps, evaluated in its own precision
+    (its score files go to ``workdir``)."""
     import lightning as L
 
     evaluator = L.Trainer(
+        default_root_dir=workdir,
         accelerator="auto",
         devices=1,
         precision=precision,
