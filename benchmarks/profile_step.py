@@ -45,7 +45,8 @@ def patched(obj, name: str, value):
 
 
 def fused_loss():
-    """The loss as one fused ``F.cross_entropy(logits.float())`` instead of the row blocks."""
+    """The loss as one fused ``F.cross_entropy(logits.float())`` where the row blocks would run
+    (``softmax._row_blocks_pay``: bf16 logits on one thread; elsewhere a no-op)."""
     import torch.nn.functional as F
 
     from lm_experiments.models import softmax
@@ -99,7 +100,7 @@ def no_masks_or_sums():
 # variant: (what is switched off, a context manager factory or config overrides)
 VARIANTS = {
     "as is": (contextlib.nullcontext, []),
-    "block-wise float32 loss -> fused cross_entropy": (fused_loss, []),
+    "block-wise float32 loss (bf16, 1 thread) -> fused": (fused_loss, []),
     "per-step train/loss logging (and the guard's check)": (no_step_logging, []),
     "divergence guard (isfinite check, host sync)": (
         contextlib.nullcontext,
