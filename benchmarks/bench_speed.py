@@ -119,6 +119,7 @@ def framework_config(job: dict, precision: str, workdir: str):
             "dataset.batch_size=20",
             "dataset.bptt=35",
             f"trainer.precision={precision}",
+            f"threads={job['threads']}",  # as the plain loop's (threads=auto would pick its own)
         ],
         workdir,
     )
@@ -174,7 +175,7 @@ def _framework(cfg, init_state: dict, window: _Window, **trainer_options) -> dic
     import lightning as L
 
     from lm_experiments.data.vocab import IGNORE_INDEX
-    from lm_experiments.train import build
+    from lm_experiments.train import _callbacks, build
     from lm_experiments.utils import instantiate, instantiate_group
 
     class Timer(L.Callback):
@@ -186,7 +187,7 @@ def _framework(cfg, init_state: dict, window: _Window, **trainer_options) -> dic
 
     datamodule, model = build(cfg)
     model.load_state_dict(init_state)
-    callbacks = [*instantiate_group(cfg.get("callbacks")), Timer()]
+    callbacks = [*_callbacks(cfg), Timer()]  # with IntraOpThreads: threads=N
     logger = instantiate_group(cfg.logger)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **trainer_options)
     trainer.fit(model, datamodule=datamodule)

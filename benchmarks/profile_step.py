@@ -190,6 +190,7 @@ def profile(model, precision, threads, steps, warmup, rounds, with_ops=False):
     with tempfile.TemporaryDirectory() as workdir:
         what, train_path, eval_path = corpus(Path(workdir))
         job = {"overrides": overrides, "plain": plain, "warmup": warmup, "steps": steps}
+        job |= {"threads": threads}
         job |= {"train": str(train_path), "eval": str(eval_path)}
         configs = {
             name: framework_config({**job, "overrides": [*overrides, *extra]}, precision, workdir)
