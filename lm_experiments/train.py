@@ -30,6 +30,7 @@ from lm_experiments.runtime.checkpoints import (
 from lm_experiments.runtime.compat import check_versions
 from lm_experiments.runtime.signals import interruption
 from lm_experiments.tasks.language_modeling import check_vocabulary
+from lm_experiments.tasks.scoring import PerTokenScores
 from lm_experiments.tasks.supervised import labelled_data
 from lm_experiments.threads import IntraOpThreads
 from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic
@@ -109,6 +110,8 @@ def _callbacks(cfg: DictConfig) -> list:
     callbacks.append(IntraOpThreads(cfg.get("threads", "auto")))  # threads=auto|N (threads.py)
     callbacks.append(TokenizerInCheckpoint())  # generation joins tokens as they were split
     callbacks.append(ModelGroupInCheckpoint(cfg.model, cfg.get("model_name") or _model_choice()))
+    if OmegaConf.select(cfg, "score.per_token", default=False):  # tokens.parquet too
+        callbacks.append(PerTokenScores())
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not cfg.trainer.get("enable_model_summary", True):
