@@ -77,3 +77,19 @@ def test_tuned_settings_apply_only_inside_their_experiment_and_yield_to_the_comm
     assert stacked.model.hidden_dim == 128
     override = composed("experiment=compare_wt2_mini", "model=lstm", "model.dropout=0.1")
     assert override.model.dropout == 0.1 and override.model.tie_weights is True
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_the_mini_lstm_search_tunes_the_tuned_lstm_on_validation(experiment):
+    cfg = composed(f"experiment={experiment}", "hparams_search=lstm_mini_optuna")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper.direction == "minimize" and sweeper.params.model == "lstm"  # one family
+    assert not any("test" in key for key in sweeper.params)
+    assert cfg.model.tie_weights and cfg.model.embedding_dim == cfg.model.hidden_dim
+    wider = composed(
+        f"experiment={experiment}", "hparams_search=lstm_mini_optuna", "model.hidden_dim=400"
+    )
+    assert wider.model.embedding_dim == 400  # a trial's width reaches the tied embedding
+    from lm_experiments.train import objective
+
+    assert objective({"val/ppl_best": 150.0, "test/ppl": 1.0}) == 150.0
