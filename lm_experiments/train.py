@@ -84,6 +84,7 @@ def build(cfg: DictConfig):
             cfg.task, net=net, vocab=vocab, oracle_ppl=datamodule.oracle_ppl, **extra
         )
     datamodule.train_window = model.train_window  # shuffled windows, or carried-state columns
+    datamodule.train_batch_size = getattr(model, "train_batch_size", None)  # windows a step
     return datamodule, model
 
 

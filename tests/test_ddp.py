@@ -126,7 +126,7 @@ def test_adaptive_softmax_trains_on_two_processes_as_on_one(tmp_path, cache_dir,
         *toy_overrides(toy_corpus),
         *FAST,
         *TRAIN,
-        "dataset.batch_size=4",  # 2 windows a rank: most steps leave a tail without targets
+        "model.train_batch_size=4",  # 2 windows a rank: most steps leave a tail without targets
     ]
     one, two, _ = one_and_two_processes(run, [], DDP, tmp_path, cache_dir)
     assert step_losses(tmp_path / "two") == pytest.approx(step_losses(tmp_path / "one"), rel=1e-5)

@@ -135,7 +135,7 @@ def test_shuffled_windows_resume_mid_epoch_exactly(tmp_path, toy_corpus, cache_d
         "model=nnlm",
         *toy_overrides(toy_corpus),
         *FAST,
-        "dataset.batch_size=64",  # 72 batches of windows per epoch
+        "model.train_batch_size=64",  # 72 batches of windows per epoch
         "model.hidden_dim=32",
         "model.dropout=0.3",
         "model.scheduler.threshold=0.5",

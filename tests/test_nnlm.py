@@ -3,6 +3,7 @@ shuffled training windows or evaluation columns."""
 
 from __future__ import annotations
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,8 @@ from lm_experiments.data.vocab import EOS_ID
 from lm_experiments.errors import UserError
 from lm_experiments.models.net import LanguageModelNet
 from lm_experiments.models.nnlm import NNLM
+from lm_experiments.train import build
+from tests.conftest import FAST, compose_config, scored_tokens, toy_overrides
 
 V = 20
 
@@ -103,3 +106,44 @@ def test_window_is_the_training_layout_and_must_be_positive():
     assert model(window=5).train_window == 5
     with pytest.raises(UserError, match="model.window"):
         NNLM(V, window=0)
+
+
+def nnlm_run(toy_corpus, tmp_path, cache_dir, *overrides):
+    """The data module and task ``python -m lm_experiments model=nnlm ...`` builds."""
+    cfg = compose_config(
+        [*toy_overrides(toy_corpus), "model=nnlm", *FAST, *overrides], tmp_path, cache_dir
+    )
+    torch.manual_seed(0)  # the same initial weights for every build
+    return build(cfg)
+
+
+def test_windows_train_in_batches_of_model_train_batch_size(toy_corpus, tmp_path, cache_dir):
+    datamodule, task = nnlm_run(
+        toy_corpus, tmp_path, cache_dir, "model.train_batch_size=32", "dataset.batch_size=5"
+    )
+    inputs, targets = next(iter(datamodule.train_dataloader()))
+    assert inputs.shape == (32, task.net.window)  # [train_batch_size, window], not batch_size
+    assert targets.shape == (32, 1)
+    assert len(datamodule.train_dataloader()) == -(-datamodule.num_tokens("train") // 32)
+    default, _ = nnlm_run(toy_corpus, tmp_path, cache_dir)
+    assert next(iter(default.train_dataloader()))[0].size(0) == 256  # conf/model/nnlm.yaml
+    with pytest.raises(UserError, match="model.train_batch_size"):
+        nnlm_run(toy_corpus, tmp_path, cache_dir, "model.train_batch_size=0")
+
+
+def test_train_batch_size_changes_nothing_in_evaluation(toy_corpus, tmp_path, cache_dir):
+    """Evaluation reads dataset.eval_batch_size columns whatever the training batch: every
+    token of the split is scored, once, to the same perplexity."""
+    results = []
+    for size in (7, 300):
+        datamodule, task = nnlm_run(
+            toy_corpus, tmp_path, cache_dir, f"model.train_batch_size={size}"
+        )
+        trainer = L.Trainer(
+            accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+        )
+        trainer.validate(task, datamodule=datamodule, verbose=False)
+        assert next(iter(datamodule.val_dataloader()))[0].size(0) == datamodule.eval_batch_size
+        results.append(task.results["val"])
+    assert results[0]["tokens"] == results[1]["tokens"] == scored_tokens(toy_corpus["valid"])
+    assert results[0]["ppl"] == results[1]["ppl"]  # same weights, same tokens: same figure

@@ -75,6 +75,8 @@ class LMDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.bptt = batch_size, eval_batch_size, bptt
         self.num_workers, self.cache_dir, self.seed = num_workers, cache_dir, seed
         self.train_window: int | None = None  # set for window-trained models (the NNLM)
+        # windows a training step for those (model.train_batch_size); None: batch_size
+        self.train_batch_size: int | None = None
         self._resume_at: dict[str, int] | None = None  # from a checkpoint saved inside an epoch
 
     # --- text -> ids ------------------------------------------------------------------------
@@ -169,7 +171,7 @@ class LMDataModule(L.LightningDataModule):
         rank, world = self._rank()
         if size % world:
             raise UserError(
-                f"dataset.{option}={size} is global and must divide among {world} processes; "
+                f"{option}={size} is global and must divide among {world} processes; "
                 f"use a multiple of {world}"
             )
         return size // world
@@ -189,7 +191,7 @@ class LMDataModule(L.LightningDataModule):
     def _columns(self, split: str, option: str, size: int) -> DataLoader:
         rank, world = self._rank()
         batches = ColumnBatches(
-            self.streams[split], self._per_rank(option, size), self.bptt, rank, world
+            self.streams[split], self._per_rank(f"dataset.{option}", size), self.bptt, rank, world
         )
         sampler = SequentialSampler(batches)  # item i continues item i - 1
         if split == "train":
@@ -211,7 +213,10 @@ class LMDataModule(L.LightningDataModule):
         sampler = DistributedSampler(
             windows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
         )
-        batch_size = self._per_rank("batch_size", self.batch_size)
+        option, size = "model.train_batch_size", self.train_batch_size
+        if size is None:
+            option, size = "dataset.batch_size", self.batch_size
+        batch_size = self._per_rank(option, size)
         return self._loader(
             windows,
             self._resumable(sampler, batch_size),

@@ -45,6 +45,8 @@ def nll_from_scores(model, inputs: torch.Tensor, targets: torch.Tensor, state=No
 class LanguageModelNet(nn.Module):
     #: None: trained on the carried-state column layout; an int: on shuffled windows of that size
     train_window: int | None = None
+    #: windows a training step (window-trained nets only); None: ``dataset.batch_size``
+    train_batch_size: int | None = None
 
     def __new__(cls, *args, **kwargs):
         # the arguments of the outermost constructor (a subclass's), before any __init__ runs

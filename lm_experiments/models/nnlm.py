@@ -12,7 +12,9 @@ A fixed window of the n - 1 = ``window`` previous tokens predicts the next one:
 The window and the projection are the encoder (``encoders.WindowProjection``); the hidden layer,
 the direct connections and the head (``softmax.py``) are this net's. The model has no memory
 beyond its window, so for training the data module serves shuffled ``(window tokens, next
-token)`` pairs (``train_window``). Evaluation reads the same sentence-aligned
+token)`` pairs (``train_window``), ``train_batch_size`` of them a step: a window costs one
+output layer where a column of ``bptt`` tokens costs ``bptt``, so ``dataset.batch_size`` windows a
+step would make an epoch thousands of tiny steps. Evaluation reads the same sentence-aligned
 columns as every other family; the "state" carried from one batch to the next is just the last
 ``window - 1`` input tokens of each column, so a batch boundary changes nothing, and a column
 start sees ``<eos>`` repeated: the start-of-sentence context the training windows also see at the
@@ -47,8 +49,13 @@ class NNLM(LanguageModelNet):
         dropout: float = 0.0,
         softmax: str = "full",
         cutoffs: list[int] | None = None,
+        train_batch_size: int = 256,
     ):
         super().__init__()
+        if not isinstance(train_batch_size, int) or train_batch_size <= 0:
+            raise UserError(
+                f"model.train_batch_size must be a positive integer, got {train_batch_size!r}"
+            )
         if direct_connections and softmax != "full":
             raise UserError(
                 "model.direct_connections=true adds W x to the output logits, so it needs"
@@ -58,6 +65,7 @@ class NNLM(LanguageModelNet):
         self.projection = WindowProjection(vocab_size, window, embedding_dim)  # C, the window
         self.window = window
         self.train_window = window  # the data module serves (window tokens, next token) pairs
+        self.train_batch_size = train_batch_size  # windows a training step (global, as batch_size)
         self.hidden = nn.Linear(self.projection.output_dim, hidden_dim)  # H, d
         self.head = output_layer(softmax, hidden_dim, vocab_size, cutoffs)  # U, b (or adaptive)
         # W: Bengio's optional direct connections from the projection layer to the output

@@ -94,6 +94,10 @@ class LanguageModeling(L.LightningModule):
     def train_window(self) -> int | None:
         return self.net.train_window
 
+    @property
+    def train_batch_size(self) -> int | None:
+        return self.net.train_batch_size
+
     def init_state(self, batch_size: int, device=None):
         return self.net.init_state(batch_size, device if device is not None else self.device)
 
