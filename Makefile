@@ -29,8 +29,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# pytest-xdist: one worker per core; tests that share a trained fixture stay on one worker
+PYTEST_WORKERS ?= auto
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # On a machine with a CUDA GPU (two or more for the DDP check): the GPU paths of every family.
 test-gpu: $(STAMP)

@@ -78,6 +78,34 @@ def scored_tokens(path: Path) -> int:
     return sum(len(line.split()) + 1 for line in lines if line.strip())
 
 
+# Module fixtures that train a model once for many tests: under pytest-xdist (``make test`` runs
+# ``-n 2 --dist loadgroup``) the tests that share one stay on one worker, so it is trained once.
+SHARED_RUNS = {
+    "lstm_run",
+    "trained_run",
+    "trained_pair",
+    "ddp_sweep",
+    "uninterrupted",
+    "cpu_runs",
+    "sweep",
+    "wandb_run",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = sorted(SHARED_RUNS & set(getattr(item, "fixturenames", ())))
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own folder, so what a plain ``Trainer`` writes beside itself
+    (``lightning_logs/``, ``scores/``) never lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("datasets_cache")
