@@ -135,9 +135,10 @@ def _kneser_ney(o: _Orders, info: dict) -> None:
         denominator = o.per_context(n, lambda s, e, a=a: a[s:e].astype(np.float64))
         has = denominator > 0
         gamma = o.per_context(n, lambda s, e, a=a, D=D: D[np.minimum(a[s:e], 3)])
-        gamma[has] /= denominator[has]
+        np.divide(gamma, denominator, out=gamma, where=has)  # in place: no [has] copies
         gamma[~has] = 0.0
-        o.backoff[n - 1][has] = log10(gamma[has])
+        with np.errstate(divide="ignore"):  # log10 0 = -inf, as log10() writes it
+            np.log10(gamma, out=o.backoff[n - 1], where=has, casting="same_kind")
         # p(w | h) = (a - D) / c(h) + gamma(h) p(w | h'), a block of n-grams at a time
         p = np.empty(o.sizes[n]) if n < N else None
         logprob = np.empty(o.sizes[n], dtype=o.dtype)
