@@ -69,8 +69,9 @@ def write_text(path: Path, num_tokens: int, seed: int = 0, block: int = 5_000_00
     return lines
 
 
-def first_batch_seconds(folder: Path, cache: Path) -> tuple[float, float]:
-    """(seconds to the first training batch, peak RSS in GB) of one real command."""
+def first_batch_seconds(folder: Path, cache: Path, name: str) -> tuple[float, float]:
+    """(seconds to the first training batch, peak RSS in GB) of one real command (its run
+    folder ``run_<name>``: a finished run's folder is never reused)."""
     stamp = folder / "first_batch.txt"
     stamp.unlink(missing_ok=True)
     command = [
@@ -80,7 +81,7 @@ def first_batch_seconds(folder: Path, cache: Path) -> tuple[float, float]:
         "dataset=text",
         f"dataset.data_dir={folder}",
         f"paths.cache_dir={cache}",
-        f"hydra.run.dir={folder / 'run'}",
+        f"hydra.run.dir={folder / f'run_{name}'}",
         "model=rnnlm",
         "model.embedding_dim=16",
         "model.hidden_dim=16",
@@ -110,8 +111,8 @@ def measure(num_tokens: int) -> dict:
         write_text(folder / "valid.txt", held_out, seed=1)
         write_text(folder / "test.txt", held_out, seed=2)
         text_mb = (folder / "train.txt").stat().st_size / 2**20
-        cold = first_batch_seconds(folder, folder / "cache")
-        warm = first_batch_seconds(folder, folder / "cache")
+        cold = first_batch_seconds(folder, folder / "cache", "cold")
+        warm = first_batch_seconds(folder, folder / "cache", "warm")
         streams = sum(f.stat().st_size for f in (folder / "cache").rglob("*.npy")) / 2**20
     return {
         "tokens": num_tokens,
