@@ -30,6 +30,8 @@ from lm_experiments.runtime.checkpoints import (
 from lm_experiments.runtime.compat import check_versions
 from lm_experiments.runtime.signals import interruption
 from lm_experiments.tasks.language_modeling import check_vocabulary
+from lm_experiments.tasks.scoring import PerTokenScores
+from lm_experiments.tasks.supervised import labelled_data
 from lm_experiments.threads import IntraOpThreads
 from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic
 
@@ -69,7 +71,7 @@ def finite_or_null(metrics: dict) -> dict:
 
 def build(cfg: DictConfig):
     """The data module, and the task wrapping a net sized to its vocabulary."""
-    datamodule = instantiate(cfg.dataset)
+    datamodule = labelled_data(instantiate(cfg.dataset), cfg.task)  # synthetic: its own labels
     vocab = datamodule.vocab  # tokenizes (cached) and builds the vocabulary from train
     if issubclass(get_class(cfg.model._target_), L.LightningModule):
         model = _build_legacy(cfg, datamodule)
@@ -108,6 +110,8 @@ def _callbacks(cfg: DictConfig) -> list:
     callbacks.append(IntraOpThreads(cfg.get("threads", "auto")))  # threads=auto|N (threads.py)
     callbacks.append(TokenizerInCheckpoint())  # generation joins tokens as they were split
     callbacks.append(ModelGroupInCheckpoint(cfg.model, cfg.get("model_name") or _model_choice()))
+    if OmegaConf.select(cfg, "score.per_token", default=False):  # tokens.parquet too
+        callbacks.append(PerTokenScores())
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not cfg.trainer.get("enable_model_summary", True):
@@ -230,6 +234,9 @@ def _run(cfg: DictConfig) -> dict:
 
 
 def objective(metrics: dict) -> float:
-    """What sweepers minimise: the best validation perplexity (inf when there is none)."""
+    """What sweepers minimise: the best validation perplexity, or for a classifier or tagger
+    its validation error, 1 - the best ``val/acc`` (inf when there is none)."""
+    if "val/acc_best" in metrics:
+        return 1.0 - metrics["val/acc_best"]
     value = metrics.get("val/ppl_best", math.inf)
     return value if math.isfinite(value) else math.inf

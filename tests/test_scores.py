@@ -49,6 +49,7 @@ def test_score_files_add_up_to_metrics_for_every_family(family, tmp_path, cache_
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for stage in ("val", "test"):
         scores = assert_scores_add_up(tmp_path, saved, stage)
+        assert not (tmp_path / "scores" / f"{stage}.tokens.parquet").exists()  # an option
         oracle = math.exp(scores["oracle_nll"].sum() / scores["tokens"].sum())
         assert oracle == pytest.approx(saved[f"{stage}/oracle_ppl"], rel=1e-9)
         for quantity in ("tokens", "nll", "oracle_nll"):  # the buckets partition every token
@@ -123,3 +124,59 @@ def test_score_app_scores_a_kenlm_arpa_file_per_sentence_as_kenlm(tmp_path, cach
     kenlm = np.array([[float(x) for x in line.split("\t")[1:]] for line in lines])  # [n, 2]
     np.testing.assert_array_equal(scores["tokens"], kenlm[:, 0])
     np.testing.assert_allclose(scores["nll"], -kenlm[:, 1] * math.log(10), rtol=1e-5)
+
+
+def test_per_token_scores_add_up_to_the_sentence_file_and_are_the_models_own(tmp_path, cache_dir):
+    """``+score.per_token=true`` in training and ``score.per_token=true`` in the score app write
+    ``<split>.tokens.parquet``: one row per scored token, in corpus order, whose sums by sentence
+    are the sentence file's exactly, and whose first sentences' NLLs are the checkpoint's own
+    -log softmax, computed here by hand on the test stream."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from lm_experiments.tasks.loading import load_task
+    from lm_experiments.tasks.scoring import token_scores_path
+    from lm_experiments.train import train
+    from tests.conftest import run_cli
+
+    tiny = [*TINY["rnnlm"], *EMBEDDED]
+    cfg = compose_config([*tiny, *FAST, "+score.per_token=true"], tmp_path / "train", cache_dir)
+    trained = train(cfg)
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    result = run_cli(
+        [*tiny, *FAST, f"ckpt_path={ckpt}", "score.per_token=true"]
+        + [f"hydra.run.dir={tmp_path / 'score'}", f"paths.cache_dir={cache_dir}"],
+        cwd=tmp_path,
+        module="lm_experiments.score",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    scored = json.loads((tmp_path / "score" / "metrics.json").read_text())
+    itos = (tmp_path / "score" / "vocab.txt").read_text().splitlines()
+    for run_dir, metrics in ((tmp_path / "train", trained), (tmp_path / "score", scored)):
+        for stage in ("val", "test"):
+            sentences = assert_scores_add_up(run_dir, metrics, stage)
+            tokens = pq.read_table(token_scores_path(run_dir, stage)).to_pydict()
+            tokens = {name: np.asarray(values) for name, values in tokens.items()}
+            sentence, n = tokens["sentence"], len(sentences["sentence"])
+            assert len(sentence) == metrics[f"{stage}/tokens"]
+            assert (np.diff(sentence) >= 0).all() and sentence[-1] == n - 1
+            np.testing.assert_array_equal(np.bincount(sentence), sentences["tokens"])
+            for column in ("nll", "oracle_nll"):  # the same float64 additions: exactly equal
+                sums = np.bincount(sentence, weights=tokens[column], minlength=n)
+                np.testing.assert_array_equal(sums, sentences[column], err_msg=column)
+            ends = tokens["token"] == "<eos>"
+            np.testing.assert_array_equal(ends, np.r_[sentence[1:] != sentence[:-1], True])
+            starts = np.r_[True, sentence[1:] != sentence[:-1]]
+            np.testing.assert_array_equal(tokens["position"][starts], 0)
+            np.testing.assert_array_equal(np.diff(tokens["position"])[~starts[1:]], 1)
+            assert [itos[i] for i in tokens["token_id"][:50]] == list(tokens["token"][:50])
+    # the test split's first three sentences, scored by hand from a fresh state
+    task = load_task(str(ckpt))
+    first = tokens["sentence"] < 3
+    targets = torch.as_tensor(tokens["token_id"][first])[None]  # [1, T]
+    inputs = torch.cat([torch.zeros_like(targets[:, :1]), targets[:, :-1]], dim=1)
+    inputs[0, 0] = itos.index("<eos>")
+    with torch.no_grad():
+        logits, _ = task(inputs, task.init_state(1))
+        nll = -torch.log_softmax(logits.double(), -1).gather(2, targets[..., None])[0, :, 0]
+    np.testing.assert_allclose(tokens["nll"][first], nll.numpy(), rtol=1e-5)

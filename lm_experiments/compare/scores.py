@@ -102,10 +102,6 @@ def distance_columns(
 def write_scores(path: str | Path, columns: dict[str, np.ndarray]) -> Path:
     """Write one score file (atomically: a reader never sees half of it). ``sentence`` defaults
     to 0..n-1; integer columns are stored as int64, the others as float64."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
     lengths = {name: len(values) for name, values in columns.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"score columns of different lengths: {lengths}")
@@ -117,6 +113,15 @@ def write_scores(path: str | Path, columns: dict[str, np.ndarray]) -> Path:
     }
     if n and np.any(np.diff(arrays["sentence"]) <= 0):
         raise ValueError("score rows must be in corpus order, one per sentence")
+    return write_table(path, arrays)
+
+
+def write_table(path: str | Path, arrays: dict) -> Path:
+    """Write columns as a Parquet file, atomically (a reader never sees half of it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     pq.write_table(pa.table(arrays), partial)

@@ -56,13 +56,26 @@ def logits_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """-log softmax(logits)[target], in float32: logits [..., V], targets [...] -> [...]
     (0 at ignored positions)."""
     flat, flat_targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)  # [N, V], [N]
-    if logits.device.type == "cpu" and logits.dtype != torch.float64:
+    if _row_blocks_pay(logits):
         nll = _RowBlockNLL.apply(flat, flat_targets)
-    else:  # one fused kernel on a GPU (and float64 as it is)
+    else:  # one fused kernel (float32 logits as they are; bf16 ones converted first)
         nll = F.cross_entropy(
             flat.float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="none"
         )
     return nll.view(targets.shape)
+
+
+def _row_blocks_pay(logits: torch.Tensor) -> bool:
+    """Whether the row-block loss beats the fused one: only for bf16/fp16 logits on a CPU, on
+    one thread. Float32 logits need no converted copy, and the fused kernel was 1.3x (one
+    thread) to 4x (two) cheaper in CPU time on [700, 6k-10k] logits; with more than one thread
+    each of the block loop's small kernels pays an OpenMP fork/join (and spin-waits on a busy
+    machine), which cost 2-3x the fused kernel even in bf16 (``benchmarks/profile_step.py``)."""
+    return (
+        logits.device.type == "cpu"
+        and logits.dtype in (torch.bfloat16, torch.float16)
+        and torch.get_num_threads() == 1
+    )
 
 
 class _RowBlockNLL(torch.autograd.Function):
