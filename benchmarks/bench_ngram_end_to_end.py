@@ -94,7 +94,7 @@ def run(quick: bool = False) -> str:
             "Generated text (the Zipf corpus of the section above, words `w<id>`, one sentence a "
             "line); validation and test on a 20k-token file. Each step is a fresh process "
             "(`python -m lm_experiments model=ngram dataset=text ...`, then "
-            "`python -m lm_experiments.ngram export`): wall time and peak RSS (`os.wait4`).",
+            "`python -m lm_experiments.ngram export`): wall time and peak RSS (its own, through `benchmarks.child`'s launcher).",
             "",
             "| train tokens | train + test, cold cache | warm cache | ARPA export | "
             "end to end (warm + export) | KenLM `lmplz -o 5 --discount_fallback -S 20%` | "
