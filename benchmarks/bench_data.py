@@ -14,13 +14,12 @@ reading the text, tokenizing, the vocabulary, the id streams and the first batch
 *Cold*: an empty cache folder (``datasets`` reads the text into Arrow, the tokens are counted and
 encoded, the streams written). *Warm*: the same command again, the streams memory-mapped. The
 file system's page cache is warm in both (the text was just written). Peak memory is the
-command's maximum resident set (``wait4``).
+command's maximum resident set (``benchmarks.child``: its own, not this benchmark's).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ import lightning as L
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from benchmarks import child
 
 TITLE = "Data set-up: command start to first training batch (cold and warm cache)"
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +69,9 @@ def write_text(path: Path, num_tokens: int, seed: int = 0, block: int = 5_000_00
     return lines
 
 
-def first_batch_seconds(folder: Path, cache: Path) -> tuple[float, float]:
-    """(seconds to the first training batch, peak RSS in GB) of one real command."""
+def first_batch_seconds(folder: Path, cache: Path, name: str) -> tuple[float, float]:
+    """(seconds to the first training batch, peak RSS in GB) of one real command (its run
+    folder ``run_<name>``: a finished run's folder is never reused)."""
     stamp = folder / "first_batch.txt"
     stamp.unlink(missing_ok=True)
     command = [
@@ -79,7 +81,7 @@ def first_batch_seconds(folder: Path, cache: Path) -> tuple[float, float]:
         "dataset=text",
         f"dataset.data_dir={folder}",
         f"paths.cache_dir={cache}",
-        f"hydra.run.dir={folder / 'run'}",
+        f"hydra.run.dir={folder / f'run_{name}'}",
         "model=rnnlm",
         "model.embedding_dim=16",
         "model.hidden_dim=16",
@@ -95,15 +97,10 @@ def first_batch_seconds(folder: Path, cache: Path) -> tuple[float, float]:
     ]
     env = {**os.environ, STAMP: str(stamp), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     started = time.time()
-    process = subprocess.Popen(
-        command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode or not stamp.exists():
-        raise RuntimeError(f"the run failed ({process.returncode}): {stderr.decode()[-3000:]}")
-    return float(stamp.read_text()) - started, usage.ru_maxrss / 2**20  # KiB -> GiB
+    _, peak = child.measured(command, folder, env)  # its own peak RSS, not this benchmark's
+    if not stamp.exists():
+        raise RuntimeError("the run ended before its first training batch")
+    return float(stamp.read_text()) - started, peak
 
 
 def measure(num_tokens: int) -> dict:
@@ -114,8 +111,8 @@ def measure(num_tokens: int) -> dict:
         write_text(folder / "valid.txt", held_out, seed=1)
         write_text(folder / "test.txt", held_out, seed=2)
         text_mb = (folder / "train.txt").stat().st_size / 2**20
-        cold = first_batch_seconds(folder, folder / "cache")
-        warm = first_batch_seconds(folder, folder / "cache")
+        cold = first_batch_seconds(folder, folder / "cache", "cold")
+        warm = first_batch_seconds(folder, folder / "cache", "warm")
         streams = sum(f.stat().st_size for f in (folder / "cache").rglob("*.npy")) / 2**20
     return {
         "tokens": num_tokens,

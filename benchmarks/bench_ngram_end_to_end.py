@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import child
 from benchmarks.bench_ngram import zipf_stream
 
 TITLE = "n-gram LM end to end: text in, a tested 5-gram, its ARPA file (against KenLM's lmplz)"
@@ -34,24 +33,10 @@ def write_text(path: Path, num_tokens: int, seed: int) -> None:
 
 
 def measured(command: list[str], cwd: Path, stdin=None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GB) of one command in a fresh process (os.wait4: that child's
-    own resource usage, not the whole benchmark's)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(  # output to files: a full pipe would block the child
-            command,
-            cwd=cwd,
-            stdin=stdin,
-            stdout=out,
-            stderr=err,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1"},
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status) != 0:
-            err.seek(0)
-            raise RuntimeError(f"{' '.join(command)} failed:\n{err.read().decode()[-3000:]}")
-    return seconds, usage.ru_maxrss / 2**20  # KiB -> GB
+    """(wall seconds, peak RSS in GB) of one command in a fresh process (``benchmarks.child``:
+    that command's own peak, not the benchmark's, which holds the generated corpus)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1"}
+    return child.measured(command, cwd, env, stdin)
 
 
 def end_to_end(num_tokens: int, folder: Path) -> dict[str, tuple[float, float]]:
@@ -109,7 +94,7 @@ def run(quick: bool = False) -> str:
             "Generated text (the Zipf corpus of the section above, words `w<id>`, one sentence a "
             "line); validation and test on a 20k-token file. Each step is a fresh process "
             "(`python -m lm_experiments model=ngram dataset=text ...`, then "
-            "`python -m lm_experiments.ngram export`): wall time and peak RSS (`os.wait4`).",
+            "`python -m lm_experiments.ngram export`): wall time and peak RSS (its own, through `benchmarks.child`'s launcher).",
             "",
             "| train tokens | train + test, cold cache | warm cache | ARPA export | "
             "end to end (warm + export) | KenLM `lmplz -o 5 --discount_fallback -S 20%` | "

@@ -14,13 +14,19 @@ USAGE = "usage: python -m lm_experiments.ngram export ckpt_path=PATH out=PATH.ar
 
 
 def export(ckpt_path: str, out: str) -> str:
-    from lm_experiments.models.ngram import NGramLM, export_arpa
-    from lm_experiments.tasks.loading import load_task
+    """Read the checkpoint once (memory-mapped: its tables are not copied onto the heap) and
+    stream its tables to the ARPA file; no LightningModule is built."""
+    from lm_experiments.models.ngram import NGramLM, NGramModel, export_arpa
+    from lm_experiments.runtime.checkpoints import model_class, read_checkpoint
 
-    model = load_task(ckpt_path)  # reads the checkpoint once
-    if not isinstance(model, NGramLM):
-        raise UserError(f"'{ckpt_path}' holds a {type(model).__name__}, not an n-gram model")
-    return str(export_arpa(model, out))
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
+    if not issubclass(model_class(checkpoint), NGramLM) or "ngram" not in checkpoint:
+        name = model_class(checkpoint).__name__
+        raise UserError(f"'{ckpt_path}' holds a {name}, not a counted n-gram model")
+    if "vocabulary" not in checkpoint:
+        raise UserError(f"'{ckpt_path}' has no vocabulary: the ARPA file needs the words")
+    tables = NGramModel.from_state_dict(checkpoint.pop("ngram"))
+    return str(export_arpa(tables, out, checkpoint["vocabulary"]))
 
 
 def main(argv: list[str]) -> int:

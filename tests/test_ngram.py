@@ -30,6 +30,7 @@ from lm_experiments.models.ngram import (
     NGramLM,
     NGramModel,
     count_ngrams,
+    estimate,
     export_arpa,
     group_keys,
     load_arpa,
@@ -179,6 +180,36 @@ def test_counts_are_those_of_the_sentences_padded_with_one_start_symbol():
                 found[tuple(int(t) for t in row)] = int(count)
     assert found == dict(reference)
     assert counts.tokens == len(STREAM)
+
+
+def test_counting_in_small_blocks_and_from_int32_ids_gives_the_same_tables(monkeypatch):
+    """The blockwise passes (packing, unpacking, tokens since a sentence start, per-context
+    sums) carry over their block boundaries: tiny blocks give the tables of one big block, and
+    an int32 stream (as the cache maps it) counts as its int64 copy does."""
+    import lm_experiments.models.ngram.counting as counting
+    import lm_experiments.models.ngram.smoothing as smoothing
+
+    whole = count_ngrams(STREAM, V, order=4)
+    reference = estimate(whole)
+    monkeypatch.setattr(counting, "BLOCK", 7)
+    monkeypatch.setattr(smoothing, "BLOCK", 7)
+    blocked = count_ngrams(STREAM.astype(np.int32), V, order=4)
+    model = estimate(blocked)
+    for n in range(1, 5):
+        np.testing.assert_array_equal(blocked.counts[n], whole.counts[n])
+        # float64 sums in another order: equal to the last bits
+        np.testing.assert_allclose(model.logprob[n], reference.logprob[n], rtol=1e-12)
+        if n > 1:
+            np.testing.assert_array_equal(blocked.keys[n], whole.keys[n])
+            np.testing.assert_array_equal(blocked.prefix[n], whole.prefix[n])
+        if n < 4:
+            np.testing.assert_allclose(model.backoff[n], reference.backoff[n], rtol=1e-12)
+    since = counting._since_sentence_start(np.asarray(STREAM), 4)
+    ends = np.flatnonzero(np.asarray(STREAM) == EOS_ID)
+    expected = [
+        min(p - (ends[ends < p].max() if (ends < p).any() else 0), 4) for p in range(1, len(STREAM))
+    ]
+    np.testing.assert_array_equal(since[1:], expected)
 
 
 @pytest.mark.parametrize("world", [2, 3, 7])

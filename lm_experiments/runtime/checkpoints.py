@@ -33,14 +33,15 @@ log = logging.getLogger(__name__)
 _NOT_THE_MODEL = ("optimizer", "scheduler")
 
 
-def read_checkpoint(path: str) -> dict:
-    """Load a Lightning checkpoint on the CPU, or explain in one line why it cannot be."""
+def read_checkpoint(path: str, mmap: bool = False) -> dict:
+    """Load a Lightning checkpoint on the CPU, or explain in one line why it cannot be.
+    ``mmap``: tensors memory-mapped from the file, not copied (a large n-gram's tables)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"ckpt_path: no such file '{file}'; pass the path of a .ckpt file")
     try:
         # weights_only: a checkpoint is data; our models keep only plain values in it
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for a truncated or foreign file
         raise UserError(
             f"ckpt_path: '{file}' is not a readable checkpoint ({type(err).__name__}); it may be "

@@ -32,9 +32,15 @@ class NGramCounts:
 
 
 def as_chunks(streams) -> list[np.ndarray]:
+    """The id arrays of ``streams`` (one array or several), in their own integer dtype: an int32
+    stream (memory-mapped from the cache) is not copied to int64 here."""
     if isinstance(streams, np.ndarray | torch.Tensor) and np.ndim(streams) == 1:
         streams = [streams]
-    return [np.asarray(s, dtype=np.int64).reshape(-1) for s in streams if len(s)]
+    chunks = [np.asarray(s).reshape(-1) for s in streams if len(s)]
+    return [c if c.dtype.kind in "iu" else c.astype(np.int64) for c in chunks]
+
+
+BLOCK = 1 << 20  # elements per step of the blockwise passes below (8 MB of int64)
 
 
 def _sort_groups(
@@ -46,24 +52,37 @@ def _sort_groups(
     When key and position fit in 63 bits together, one direct sort of the packed words
     ``key << bits | position`` (numpy's SIMD sort) replaces the stable indirect sort of
     ``np.unique``, which is 5-10x slower on 16M keys. ``scratch``: ``keys`` is a temporary of
-    the caller's, packed in place (one corpus-sized array fewer).
+    the caller's, packed in place (one corpus-sized array fewer). Positions, run starts and
+    ranks are int32 below 2^31 keys, and the packing and unpacking go block by block, so that
+    no other int64 array the size of ``keys`` is made.
     """
     keys = np.asarray(keys, dtype=np.int64)  # int32 keys would overflow when packed
     n = len(keys)
+    small = np.int32 if n < 2**31 else np.int64
     bits = max(1, (n - 1).bit_length())  # enough for a position
     if n and int(keys.max()).bit_length() + bits <= 63:
         ordered = np.left_shift(keys, bits, out=keys if scratch else None)
-        ordered |= np.arange(n, dtype=np.int64)
+        for start in range(0, n, BLOCK):  # | position, a block at a time
+            ordered[start : start + BLOCK] |= np.arange(start, min(start + BLOCK, n))
         ordered.sort()  # (key, position) words: by key, then by position
-        order = ordered & ((1 << bits) - 1)  # the positions, in that order
+        order = np.empty(n, dtype=small)  # the positions, in that order
+        mask = (1 << bits) - 1
+        for start in range(0, n, BLOCK):
+            np.bitwise_and(
+                ordered[start : start + BLOCK],
+                mask,
+                out=order[start : start + BLOCK],
+                casting="unsafe",
+            )
         ordered >>= bits  # the keys, sorted
     else:  # keys too wide to pack (huge corpora): an indirect sort
         order = np.argsort(keys, kind="stable")
         ordered = keys[order]
     starts = np.ones(n, dtype=bool)
     np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])  # a new key begins here
-    first = np.flatnonzero(starts)  # [U]
-    rank = np.cumsum(starts, dtype=np.int32 if n < 2**31 else np.int64)  # [n]
+    first = np.flatnonzero(starts).astype(small)  # [U]
+    rank = np.cumsum(starts, dtype=small)  # [n]
+    del starts
     rank -= 1
     return ordered, order, first, rank
 
@@ -75,62 +94,90 @@ def group_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     ordered, order, first, rank = _sort_groups(keys)
     inverse = np.empty(len(keys), dtype=np.int64)
     inverse[order] = rank
-    return ordered[first], order[first], inverse, np.diff(first, append=len(keys))
+    return ordered[first], order[first].astype(np.int64), inverse, np.diff(first, append=len(keys))
 
 
 def _since_sentence_start(x: np.ndarray, order: int) -> np.ndarray:
     """Tokens since the last ``<eos>`` before each position (how long a context it can have),
-    capped at ``order``: int16, not one more int64 array the size of the corpus."""
+    capped at ``order``: int8 (int16 for orders above 127), not one more int64 array the size of
+    the corpus. Block by block: a run of ``<eos>``-free tokens carries over between blocks."""
     L = len(x)
-    last_eos = np.where(x == EOS_ID, np.arange(L), 0)
-    np.maximum.accumulate(last_eos, out=last_eos)
-    since = np.zeros(L, dtype=np.int16)
-    gap = np.arange(1, L) - last_eos[:-1]
-    del last_eos
-    np.minimum(gap, min(order, 2**15 - 1), out=gap)
-    since[1:] = gap
+    cap = min(order, 2**15 - 1)
+    since = np.zeros(L, dtype=np.int8 if cap < 2**7 else np.int16)
+    last = 0  # position of the last <eos> so far (the virtual one at 0 if none)
+    for start in range(0, L, BLOCK):
+        block = x[start : start + BLOCK]
+        last_eos = np.where(block == EOS_ID, np.arange(start, start + len(block)), last)
+        np.maximum.accumulate(last_eos, out=last_eos)
+        before = np.concatenate([[last], last_eos[:-1]])  # the last <eos> before each position
+        gap = np.arange(start, start + len(block)) - before
+        np.minimum(gap, cap, out=gap)
+        since[start : start + len(block)] = gap
+        last = int(last_eos[-1])
+    since[0] = 0
     return since
+
+
+def _stream(chunks: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The chunks one after another, each behind a virtual ``<eos>`` (the context that starts its
+    first sentence), in ``dtype``; and where those virtual tokens are."""
+    starts = np.cumsum([0] + [len(c) + 1 for c in chunks[:-1]], dtype=np.int64)
+    x = np.empty(sum(len(c) + 1 for c in chunks) if chunks else 1, dtype=dtype)
+    x[0] = EOS_ID
+    for at, c in zip(starts, chunks, strict=False):  # a loop over chunks, copied block-free
+        x[at] = EOS_ID
+        x[at + 1 : at + 1 + len(c)] = c
+    return x, starts
 
 
 def count_ngrams(streams, vocab_size: int, order: int) -> NGramCounts:
     """Count the n-grams of ``streams``: one id array, or a list of them, each a run of whole
-    sentences (ids, every sentence followed by ``<eos>``; each array starts a sentence)."""
+    sentences (ids, every sentence followed by ``<eos>``; each array starts a sentence).
+
+    Memory: int32 throughout below 2^31 tokens (tokens, positions, ranks), the one int64 array
+    the size of the corpus being each order's packed keys, sorted in place."""
     V, N, bos = vocab_size, order, vocab_size
     chunks = as_chunks(streams)
-    # each chunk behind a virtual <eos>: the context that starts its first sentence
-    x = np.concatenate([np.concatenate([[EOS_ID], c]) for c in chunks]) if chunks else [EOS_ID]
-    x = np.asarray(x, dtype=np.int64)
-    L = len(x)
-    if L and (x.min() < 0 or x.max() >= V):
-        raise ValueError(f"token ids must lie in [0, {V}); got {x.min()}..{x.max()}")
+    for c in chunks:
+        if len(c) and (int(c.min()) < 0 or int(c.max()) >= V):
+            raise ValueError(f"token ids must lie in [0, {V}); got {c.min()}..{c.max()}")
+    L = sum(len(c) + 1 for c in chunks) if chunks else 1
+    small = np.int32 if L < 2**31 and V < 2**31 - 1 else np.int64  # tokens, positions, ranks
+    x, virtual = _stream(chunks, small)
+    del chunks
     predicted = np.ones(L, dtype=bool)
-    predicted[np.cumsum([0] + [len(c) + 1 for c in chunks[:-1]])] = False
+    predicted[virtual] = False
     since = _since_sentence_start(x, N)
-    ctx = np.where(x == EOS_ID, bos, x)  # a token read as context: <eos> is <s>
-    small = np.int32 if L < 2**31 else np.int64  # counts and indices of the tables below
-
     keys, counts, prefix = [None, None], [None], [None, None]
     counts.append(np.bincount(x[predicted], minlength=V + 1).astype(np.int64))
-    pos = np.flatnonzero(predicted)
+    pos = np.arange(L, dtype=small)[predicted]
+    tokens = int(predicted.sum())
+    del predicted
+    ctx = x.copy()  # a token read as context: <eos> is <s>
+    ctx[x == EOS_ID] = bos
     index, x = x, None  # index of the (n-1)-gram ending at each position (order 1: the token)
     size = V + 1
     for n in range(2, N + 1):
         pos = pos[since[pos] >= n - 1]
-        key = ctx[pos - (n - 1)] * size
+        key = ctx[pos - (n - 1)].astype(np.int64)
+        key *= size
         key += index[pos]
         ordered, order, first, rank = _sort_groups(key, scratch=True)
         del key
         # the context of the n-gram at p is the (n-1)-gram ending at p - 1 (order 1: a token)
-        at = pos[order[first]] - 1  # [U]: before one occurrence of each n-gram
-        context = ctx[at] if n == 2 else index[at]
+        at = pos[order[first]]  # [U]: one occurrence of each n-gram
+        at -= 1  # the position before it
+        prefix.append(ctx[at] if n == 2 else index[at])
+        del at
         keys.append(ordered[first])
-        counts.append(np.diff(first, append=len(pos)).astype(small))
-        prefix.append(context.astype(small))
-        del ordered, at, context
+        del ordered
+        counts.append(np.diff(first, append=small(len(pos))))
+        size = len(first)
+        del first
         index.fill(NONE)  # reused: a fresh [L] array per order costs page faults, not just time
         index[pos[order]] = rank  # the n-gram ending at each position
-        size = len(first)
-    return NGramCounts(N, V, keys, counts, prefix, int(predicted.sum()))
+        del order, rank
+    return NGramCounts(N, V, keys, counts, prefix, tokens)
 
 
 def _index_of(rows: np.ndarray, keys: list, V: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from lm_experiments.errors import UserError
-from lm_experiments.models.ngram.counting import NGramCounts, as_chunks, count_ngrams
+from lm_experiments.models.ngram.counting import BLOCK, NGramCounts, as_chunks, count_ngrams
 from lm_experiments.models.ngram.memory import reusing_freed_memory
 from lm_experiments.models.ngram.tables import NGramModel, log10
 
@@ -64,54 +64,96 @@ class _Orders:
         self.logprob: list = [None] * (N + 1)
         self.backoff: list = [None] + [np.zeros(self.sizes[n], dtype) for n in range(1, N)] + [None]
 
+    def _blocks(self, n: int):
+        return ((s, min(s + BLOCK, self.sizes[n])) for s in range(0, self.sizes[n], BLOCK))
+
     def first(self, n: int) -> np.ndarray:
-        return self.counts.keys[n] // self.sizes[n - 1]
+        """First token of every n-gram (int32, computed a block at a time)."""
+        out = np.empty(self.sizes[n], dtype=np.int32)
+        for s, e in self._blocks(n):
+            out[s:e] = self.counts.keys[n][s:e] // self.sizes[n - 1]
+        return out
 
     def suffix(self, n: int) -> np.ndarray:
-        return self.counts.keys[n] % self.sizes[n - 1]
+        """Index of every n-gram without its first token (int32 below 2^31 n-grams)."""
+        out = np.empty(self.sizes[n], dtype=np.int32 if self.sizes[n - 1] < 2**31 else np.int64)
+        for s, e in self._blocks(n):
+            out[s:e] = self.counts.keys[n][s:e] % self.sizes[n - 1]
+        return out
 
     def per_context(self, n: int, weights) -> np.ndarray:
-        """Sums over the n-grams that share a context (an (n-1)-gram)."""
-        return np.bincount(self.prefix[n], weights=weights, minlength=self.sizes[n - 1])
+        """Sums over the n-grams that share a context (an (n-1)-gram), block by block:
+        ``weights`` is an array, None (count the n-grams) or ``f(start, end)`` giving a block's.
+        A block's contexts span a short range (the tables are sorted, so are the contexts):
+        each block's ``bincount`` covers only that range, not every context."""
+        out = np.zeros(self.sizes[n - 1])
+        for s, e in self._blocks(n):
+            h = self.prefix[n][s:e]
+            lo, hi = int(h.min()), int(h.max()) + 1
+            w = weights(s, e) if callable(weights) else None if weights is None else weights[s:e]
+            out[lo:hi] += np.bincount(h - lo, weights=w, minlength=hi - lo)
+        return out
 
     def store(self, n: int, logprob: np.ndarray) -> None:
         self.logprob[n] = logprob.astype(self.dtype, copy=False)
 
 
-def _kneser_ney(o: _Orders, info: dict) -> None:
-    N, V, bos = o.N, o.V, o.bos
-    # adjusted counts: raw for the highest order and for n-grams that start with <s> (nothing
-    # precedes them), else the number of distinct words seen before them (continuation)
+def _adjusted_counts(o: _Orders) -> list:
+    """Kneser-Ney's adjusted counts (int32): raw for the highest order and for n-grams that
+    start with <s> (nothing precedes them), else the number of distinct words seen before them
+    (continuation)."""
+    N, bos = o.N, o.bos
     count_type = np.int32 if o.counts.tokens < 2**31 else np.int64
     adjusted = [None] * (N + 1)
-    adjusted[N] = o.raw[N].astype(count_type)
+    adjusted[N] = o.raw[N].astype(count_type, copy=False)
     for n in range(N - 1, 0, -1):
         adjusted[n] = np.bincount(o.suffix(n + 1), minlength=o.sizes[n]).astype(count_type)
         if n >= 2:
-            adjusted[n] = np.where(o.first(n) == bos, o.raw[n], adjusted[n]).astype(count_type)
+            starts = o.first(n) == bos
+            adjusted[n][starts] = o.raw[n][starts]
     adjusted[1][bos] = 0  # lmplz: <s> has count 0 (and <unk>, unless the text has it)
-    prob = None
+    return adjusted
+
+
+def _kneser_ney(o: _Orders, info: dict) -> None:
+    N, V, bos = o.N, o.V, o.bos
+    adjusted = _adjusted_counts(o)
+    prob = None  # float64 p of the order below (the arithmetic is float64; storage o.dtype)
     for n in range(1, N + 1):
         a, adjusted[n] = adjusted[n], None
         D = kneser_ney_discounts(a, n)
         info.update({f"D{j}.{n}": float(D[j]) for j in (1, 2, 3)})
-        discount = D[np.minimum(a, 3)]
         if n == 1:
+            discount = D[np.minimum(a, 3)]
             denominator = a.sum()
             gamma = discount.sum() / denominator if denominator else 1.0
             p = (a - discount) / max(denominator, 1) + gamma / V  # uniform: 1 / V
             p[bos] = 1.0  # lmplz: <s> is never predicted; log10 1 = 0 in the file
-        else:
-            denominator = o.per_context(n, a.astype(np.float64))
-            has = denominator > 0
-            gamma = np.zeros(o.sizes[n - 1])
-            gamma[has] = o.per_context(n, discount)[has] / denominator[has]
-            h = o.prefix[n]
-            p = (a - discount) / denominator[h] + gamma[h] * prob[o.suffix(n)]
-            o.backoff[n - 1][has] = log10(gamma[has])
-        del a, discount
+            o.store(n, log10(p))
+            prob = p
+            continue
+        denominator = o.per_context(n, lambda s, e, a=a: a[s:e].astype(np.float64))
+        has = denominator > 0
+        gamma = o.per_context(n, lambda s, e, a=a, D=D: D[np.minimum(a[s:e], 3)])
+        np.divide(gamma, denominator, out=gamma, where=has)  # in place: no [has] copies
+        gamma[~has] = 0.0
+        with np.errstate(divide="ignore"):  # log10 0 = -inf, as log10() writes it
+            np.log10(gamma, out=o.backoff[n - 1], where=has, casting="same_kind")
+        # p(w | h) = (a - D) / c(h) + gamma(h) p(w | h'), a block of n-grams at a time
+        p = np.empty(o.sizes[n]) if n < N else None
+        logprob = np.empty(o.sizes[n], dtype=o.dtype)
+        keys, below = o.counts.keys[n], o.sizes[n - 1]
+        for s, e in o._blocks(n):
+            h = o.prefix[n][s:e]
+            block = a[s:e] - D[np.minimum(a[s:e], 3)]
+            block /= denominator[h]
+            block += gamma[h] * prob[keys[s:e] % below]
+            logprob[s:e] = log10(block)
+            if p is not None:
+                p[s:e] = block
+        del a, denominator, gamma
         prob = p
-        o.store(n, log10(p))
+        o.logprob[n] = logprob
 
 
 def _witten_bell(o: _Orders) -> None:
