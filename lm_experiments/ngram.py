@@ -14,12 +14,12 @@ USAGE = "usage: python -m lm_experiments.ngram export ckpt_path=PATH out=PATH.ar
 
 
 def export(ckpt_path: str, out: str) -> str:
-    from lm_experiments.models.ngram import NGramLM, export_arpa
+    from lm_experiments.models.ngram import NGramNet, export_arpa
     from lm_experiments.tasks.loading import load_task
 
     model = load_task(ckpt_path)  # reads the checkpoint once
-    if not isinstance(model, NGramLM):
-        raise UserError(f"'{ckpt_path}' holds a {type(model).__name__}, not an n-gram model")
+    if not isinstance(model.net, NGramNet):
+        raise UserError(f"'{ckpt_path}' holds a {type(model.net).__name__}, not an n-gram model")
     return str(export_arpa(model, out))
 
 

@@ -142,7 +142,7 @@ def trained(overrides: list[str], tmp_path, cache_dir):
     L.seed_everything(0)
     datamodule, model = build(cfg)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
-    if getattr(model, "counts_once", False):  # the n-gram: counted once, no training loop
+    if model.count_based:  # the n-gram: counted once, no training loop
         model.count_and_validate(trainer, datamodule)
     else:
         trainer.fit(model, datamodule=datamodule)
