@@ -29,6 +29,7 @@ from lm_experiments.runtime.checkpoints import (
 from lm_experiments.runtime.compat import check_versions
 from lm_experiments.runtime.signals import interruption
 from lm_experiments.tasks.language_modeling import check_vocabulary
+from lm_experiments.tasks.supervised import labelled_data
 from lm_experiments.threads import IntraOpThreads
 from lm_experiments.utils import instantiate, instantiate_group, write_json_atomic
 
@@ -68,7 +69,7 @@ def finite_or_null(metrics: dict) -> dict:
 
 def build(cfg: DictConfig):
     """The data module, and the task wrapping a net sized to its vocabulary."""
-    datamodule = instantiate(cfg.dataset)
+    datamodule = labelled_data(instantiate(cfg.dataset), cfg.task)  # synthetic: its own labels
     vocab = datamodule.vocab  # tokenizes (cached) and builds the vocabulary from train
     net = build_net(cfg.model, len(vocab))
     extra = {}  # classify / tag data: the label set and the train majority
@@ -216,6 +217,9 @@ def _run(cfg: DictConfig) -> dict:
 
 
 def objective(metrics: dict) -> float:
-    """What sweepers minimise: the best validation perplexity (inf when there is none)."""
+    """What sweepers minimise: the best validation perplexity, or for a classifier or tagger
+    its validation error, 1 - the best ``val/acc`` (inf when there is none)."""
+    if "val/acc_best" in metrics:
+        return 1.0 - metrics["val/acc_best"]
     value = metrics.get("val/ppl_best", math.inf)
     return value if math.isfinite(value) else math.inf

@@ -4,6 +4,7 @@ and an LM's encoder carried into a classifier."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +123,147 @@ def test_two_ddp_processes_give_one_process_accuracy(tmp_path, cache_dir):
         metrics[name] = json.loads((run / "metrics.json").read_text())
     for key in ("test/acc", "test/majority_acc", "val/acc"):
         assert metrics["one"][key] == pytest.approx(metrics["two"][key], abs=1e-6), key
+    from lm_experiments.compare.scores import read_scores, scores_path
+
+    one, two = (read_scores(scores_path(tmp_path / name, "test")) for name in ("one", "two"))
+    assert two["sentence"].tolist() == list(range(31))  # both ranks' sentences, once, in order
+    assert {k: v.tolist() for k, v in one.items()} == {k: v.tolist() for k, v in two.items()}
+
+
+SYNTHETIC = [
+    "dataset=synthetic",
+    "dataset.train_tokens=5000",
+    "dataset.valid_tokens=1200",
+    "dataset.test_tokens=1200",
+]
+
+
+@pytest.mark.parametrize("label", ["question", "subject_number", "verb_class"])
+def test_the_synthetic_sentence_labels_need_memory_and_are_learnt(label, tmp_path, cache_dir):
+    from lm_experiments.data.synthetic.lexicon import QUESTION_AUX
+    from lm_experiments.train import build
+
+    args = ["task=classify", "model=lstm", *SYNTHETIC, *SMALL, *FAST, f"task.label={label}"]
+    cfg = compose_config(args, tmp_path, cache_dir)
+    data, model = build(cfg)
+    texts = data.corpus.corpus["test"]["text"]
+    for (words, name), text in zip(data.examples["test"], texts, strict=True):
+        assert words == text.split()[:-1]  # read without the final mark that gives it away
+        if label == "question":
+            question = text.endswith("?")
+            assert (name == "question") == question
+            assert question == (words[0] in (*QUESTION_AUX, "what", "who"))
+    assert model.labels == data.labels and len(model.labels) >= 2
+    metrics = train(cfg)
+    assert metrics["test/acc"] > metrics["test/majority_acc"] + 0.1, metrics
+
+
+def test_a_label_the_synthetic_corpus_lacks_is_one_error_line(tmp_path, cache_dir):
+    args = ["task=classify", *SYNTHETIC, "task.label=colour", f"paths.output_dir={tmp_path}/r"]
+    args.append(f"paths.cache_dir={cache_dir}")
+    done = run_cli(args, tmp_path)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(errors) == 1, done.stderr[-1500:]
+    assert "task.label" in errors[0] and "verb_class" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_sweep_of_classifiers_is_ranked_by_accuracy_over_sentence_score_files(
+    tmp_path, cache_dir
+):
+    """Each run writes scores/{val,test}.parquet (one row a sentence, its 0/1 ``correct``);
+    the report ranks by test accuracy, highest first, with a bootstrap interval over them."""
+    from lm_experiments.compare import write_report
+    from lm_experiments.compare.scores import read_scores, scores_path
+    from lm_experiments.train import objective
+
+    files = write_labels(tmp_path, first_word_label, sizes=(120, 40, 41))
+    sweep = tmp_path / "multirun"
+    args = ["-m", "task=classify", "model=lstm", "task.pooling=last,mean", "logger=csv"]
+    args += [*file_overrides("labels", files), *SMALL, "trainer.enable_progress_bar=false"]
+    args += [f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache_dir}", "print_config=false"]
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = write_report(sweep, show=False, resamples=200)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    accuracy = [r["test_acc"] for r in rows]
+    assert accuracy == sorted(accuracy, reverse=True)  # higher is better
+    for row in rows:
+        metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+        scores = read_scores(scores_path(row["run_dir"], "test"))
+        assert scores["sentence"].tolist() == list(range(41))  # every test sentence, in order
+        assert set(scores["correct"].tolist()) <= {0, 1} and "labels" not in scores
+        assert scores["correct"].mean() == pytest.approx(metrics["test/acc"], abs=1e-6)
+        assert row["test_acc"] == metrics["test/acc"]
+        assert row["test_acc_lo"] <= row["test_acc"] <= row["test_acc_hi"]
+        assert row["test_acc_hi"] - row["test_acc_lo"] > 0 or row["test_acc"] == 1.0
+        assert metrics["val/acc_best"] >= metrics["val/acc"]  # the sweeps' objective:
+        assert objective(metrics) == pytest.approx(1 - metrics["val/acc_best"])  # minimised
+        assert read_scores(scores_path(row["run_dir"], "val"))["sentence"].size == 40
+
+
+def test_an_lm_checkpoint_of_another_architecture_is_one_error_line(tmp_path, cache_dir):
+    """An LSTM LM with hidden 64 into a classifier with hidden 32 (the CLI), or into a GRU one."""
+    from lm_experiments.errors import UserError
+    from lm_experiments.train import build
+
+    files = write_labels(tmp_path, first_word_label, sizes=(40, 10, 10))
+    text = {}
+    for split, path in files.items():  # the labelled sentences as unlabelled text
+        text[split] = tmp_path / f"{split}.txt"
+        text[split].write_text(
+            "\n".join(line.split("\t")[1] for line in path.read_text().splitlines())
+        )
+    lm = ["dataset=text", *[f"dataset.{s}_path={p}" for s, p in text.items()], "model=lstm"]
+    lm += ["model.embedding_dim=16", "model.hidden_dim=64", "trainer.max_epochs=1", *FAST]
+    ckpt = train(compose_config(lm, tmp_path / "lm", cache_dir))["best_checkpoint"]
+    classify = ["task=classify", *file_overrides("labels", files), f"task.encoder_ckpt={ckpt}"]
+    args = [*classify, "model=lstm", "model.embedding_dim=16", "model.hidden_dim=32"]
+    done = run_cli(
+        [*args, f"paths.output_dir={tmp_path}/r", f"paths.cache_dir={cache_dir}"], tmp_path
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(errors) == 1, done.stderr[-2000:]
+    assert (
+        "task.encoder_ckpt" in errors[0] and "hidden 64" in errors[0] and "hidden 32" in errors[0]
+    )
+    assert "Traceback" not in done.stderr and not (tmp_path / "r" / "metrics.json").exists()
+    gru = [*classify, "model=stacked_rnn", "model.cell=gru", "model.embedding_dim=16"]
+    gru += ["model.hidden_dim=64", "model.num_layers=2", *FAST]
+    with pytest.raises(UserError, match=r"\(lstm, 2 layer.*does not match.*\(gru, 2 layer"):
+        build(compose_config(gru, tmp_path / "gru", cache_dir))
+
+
+def test_sst2_s_unlabelled_test_split_is_never_scored_as_a_class(tmp_path, cache_dir):
+    """SST-2's schema (idx, sentence, label) with its hub test split's label -1 everywhere:
+    no class "-1"; the labelled validation split is tested, train gives up a validation split."""
+    from lm_experiments.compare.scores import read_scores, scores_path
+    from lm_experiments.train import build
+    from tests.labelled_data import sentences
+
+    files = {}
+    for seed, (split, n) in enumerate((("train", 160), ("validation", 30), ("test", 25))):
+        rows = [
+            {
+                "idx": i,
+                "sentence": " ".join(s),
+                "label": -1 if split == "test" else int(first_word_label(s) == "pos"),
+            }
+            for i, s in enumerate(sentences(n, seed))
+        ]
+        files[split] = tmp_path / f"{split}.json"
+        files[split].write_text("\n".join(json.dumps(r) for r in rows))
+    args = ["task=classify", "model=lstm", "dataset=sst2", *SMALL, *FAST]
+    args += [f"+dataset.data_files.{k}={v}" for k, v in files.items()]
+    cfg = compose_config(args, tmp_path / "run", cache_dir)
+    data, model = build(cfg)
+    assert data.labels == model.labels == ["0", "1"]  # never "-1"
+    sizes = {split: len(examples) for split, examples in data.examples.items()}
+    assert sizes == {"train": 130, "validation": 30, "test": 30}
+    validation = [" ".join(words) for words, _ in data.examples["test"]]
+    assert validation == [
+        json.loads(line)["sentence"] for line in files["validation"].read_text().splitlines()
+    ]
+    metrics = train(cfg)
+    assert metrics["test/acc"] > metrics["test/majority_acc"]
+    assert len(read_scores(scores_path(tmp_path / "run", "test"))["correct"]) == 30

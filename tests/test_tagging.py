@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
+from lm_experiments.errors import UserError
 from lm_experiments.models.encoders import RecurrentEncoder
 from lm_experiments.models.heads import SequenceTagger
 from lm_experiments.tasks.tagging import entities
@@ -170,3 +172,84 @@ def test_an_lm_encoder_loads_into_a_tagger_and_a_frozen_one_stays_fixed(tmp_path
     for k, v in before.items():
         assert torch.equal(best[f"model.encoder.{k}"], v), k
     assert not torch.equal(best["model.head.weight"], head)  # ... while the head trained
+
+
+SYNTHETIC = [
+    "dataset=synthetic",
+    "dataset.train_tokens=5000",
+    "dataset.valid_tokens=1200",
+    "dataset.test_tokens=1200",
+]
+
+
+def test_a_tagger_beats_the_majority_class_on_the_grammars_word_classes(tmp_path, cache_dir):
+    args = ["task=tag", "model=lstm", *SYNTHETIC, *SMALL, "trainer.max_epochs=3", *FAST]
+    metrics = train(compose_config(args, tmp_path, cache_dir))
+    assert metrics["test/majority_acc"] < 0.35  # many classes, none dominant
+    assert metrics["test/acc"] > metrics["test/majority_acc"] + 0.4, metrics
+    assert metrics["test/tag_f1/det"] > 0.9 and "test/tag_f1/eos" not in metrics
+    from lm_experiments.compare.scores import read_scores, scores_path
+
+    scores = read_scores(scores_path(tmp_path, "test"))  # one row a sentence: its right tags
+    assert (scores["labels"] == scores["tokens"]).all() and (
+        scores["correct"] <= scores["labels"]
+    ).all()
+    assert scores["correct"].sum() / scores["labels"].sum() == pytest.approx(metrics["test/acc"])
+
+
+def test_the_synthetic_tags_are_the_grammars_and_repeat(tmp_path, cache_dir):
+    from lm_experiments.data.synthetic import TAGS, annotate, default_grammar
+
+    cfg = compose_config(["task=tag", "model=lstm", *SYNTHETIC, *FAST], tmp_path, cache_dir)
+    data, tagger = build(cfg)
+    again, _ = build(compose_config(["task=tag", *SYNTHETIC, *FAST], tmp_path / "b", cache_dir))
+    assert data.examples == again.examples and tagger.labels == list(TAGS[:-1])
+    grammar = default_grammar()
+    for words, tags in data.examples["test"][:50]:
+        assert [TAGS[t] for t in annotate(grammar, words).tag[:-1]] == tags  # no <eos> tag
+        assert tags[-1] == "punct" and (words[0] != "the" or tags[0] == "det")
+    assert data.vocab.itos == data.corpus.vocab.itos  # the LM's: a pretrained encoder fits
+
+
+def window_tagger(right: int) -> SequenceTagger:
+    from lm_experiments.models.encoders import WindowProjection
+    from lm_experiments.models.window_encoder import WindowEncoder
+
+    encoder = WindowEncoder(WindowProjection(12, 3, 8), nn.Linear(24, 32), 0.0, right)
+    return SequenceTagger(encoder, 3)
+
+
+def test_a_window_tagger_sees_the_next_word_only_with_a_window_around_the_token():
+    torch.manual_seed(0)
+    around = fit(window_tagger(right=1))
+    torch.manual_seed(0)
+    causal = fit(window_tagger(right=0))  # the LM's own window: ends at the token
+    assert around > 0.9 > causal + 0.3, (around, causal)
+    tokens, lengths = torch.tensor([[5, 6, 7], [8, 9, 0]]), torch.tensor([3, 2])
+    windows = window_tagger(right=1).encoder.windows(tokens, lengths)
+    assert windows[0].tolist() == [[1, 5, 6], [5, 6, 7], [6, 7, 1]]  # <eos> past either end
+    assert windows[1].tolist()[1] == [8, 9, 1]  # ... never the padding
+
+
+def test_the_nnlm_window_tagger_takes_the_lms_layers_and_beats_the_majority(tmp_path, cache_dir):
+    nnlm = ["model=nnlm", "model.window=3", "model.embedding_dim=16", "model.hidden_dim=32"]
+    nnlm += ["model.optimizer.lr=0.01", "dataset.batch_size=16", "seed=0", *SYNTHETIC, *FAST]
+    lm = train(compose_config([*nnlm, "trainer.max_epochs=1"], tmp_path / "lm", cache_dir))
+    tag = ["task=tag", *nnlm, "trainer.max_epochs=3", f"task.encoder_ckpt={lm['best_checkpoint']}"]
+    _, causal = build(compose_config([*tag, "task.bidirectional=false"], tmp_path / "c", cache_dir))
+    saved = torch.load(lm["best_checkpoint"], map_location="cpu", weights_only=True)
+    from lm_experiments.train import build_net
+
+    net = build_net(compose_config(nnlm, tmp_path / "x", cache_dir).model, len(causal.vocab))
+    net.load_state_dict({k[4:]: v for k, v in saved["state_dict"].items() if k[:4] == "net."})
+    tokens = torch.randint(2, len(causal.vocab), (3, 7))
+    net.eval(), causal.eval()
+    with torch.no_grad():  # the LM's hidden layer on the same windows (<eos> before the start)
+        _, h_lm, _ = net._projection_and_hidden(tokens, net.init_state(3))
+        h_tag = causal.encoder(tokens, torch.full((3,), 7))
+    assert torch.allclose(h_lm, h_tag)
+    metrics = train(compose_config(tag, tmp_path / "tag", cache_dir))  # a window around each
+    assert metrics["test/acc"] > metrics["test/majority_acc"] + 0.4, metrics
+    args = ["task=classify", *nnlm, f"paths.output_dir={tmp_path}/r"]
+    with pytest.raises(UserError, match="tags"):
+        build(compose_config(args, tmp_path / "cls", cache_dir))

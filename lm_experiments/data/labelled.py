@@ -10,6 +10,7 @@ SST-2, IMDB: ``conf/dataset/``), whose ``data_files`` may point at local files o
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from functools import cached_property
 
@@ -22,6 +23,7 @@ from lm_experiments.data.corpora import OPTION, read_text
 from lm_experiments.data.vocab import IGNORE_INDEX, UNK_ID, Vocabulary
 from lm_experiments.errors import UserError
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 STAGE_SPLIT = {"fit": "train", "train": "train", "val": "validation", "test": "test"}
 PAD_ID = UNK_ID  # padded positions are masked out: never pooled, never scored
@@ -61,8 +63,12 @@ def read_labelled(path: str, option: str = "train_path") -> list[tuple[list[str]
     return sentences
 
 
+UNLABELLED = -1  # a hub set's "no label" (SST-2's test split: its labels are withheld)
+
+
 def hub_examples(split, token_column: str, label_column: str, kind: str) -> list:
-    """(tokens, label or tags) from a ``datasets`` split; class ids read as their names."""
+    """(tokens, label or tags) from a ``datasets`` split; class ids read as their names. A row
+    without a label (``-1`` or none) is left out: it is no example of any class."""
     feature = split.features[label_column]
     names = getattr(getattr(feature, "feature", feature), "names", None)
 
@@ -74,6 +80,8 @@ def hub_examples(split, token_column: str, label_column: str, kind: str) -> list
         tokens = row[token_column]
         tokens = tokens.split() if isinstance(tokens, str) else list(tokens)
         target = row[label_column]
+        if kind == "classify" and target in (None, UNLABELLED):
+            continue
         examples.append((tokens, [name(t) for t in target] if kind == "tag" else name(target)))
     return examples
 
@@ -167,9 +175,34 @@ class LabelledDataModule(L.LightningDataModule):
             raw = datasets.load_dataset(name, config, cache_dir=self.cache_dir)
         if "validation" not in raw:
             raise UserError(f"dataset '{self.name}' has no validation split")
-        return {
+        examples = {
             split: hub_examples(raw[split], self.token_column, self.label_column, self.kind)
             for split in SPLITS
+        }
+        if raw["test"].num_rows and not examples["test"]:
+            return self._test_from_validation(examples)
+        return examples
+
+    def _test_from_validation(self, examples: dict[str, list]) -> dict[str, list]:
+        """A test split with no labels at all (SST-2's) cannot be scored: the labelled
+        validation split becomes the test split, and the last as many train sentences the
+        validation split, so that what selects the model is never what reports it."""
+        held_out = len(examples["validation"])
+        if len(examples["train"]) <= held_out:
+            raise UserError(
+                f"dataset '{self.name}': its test split is unlabelled and its train "
+                "split too small to hold out a validation split"
+            )
+        log.warning(
+            "dataset '%s': the test split is unlabelled; testing on the validation split and "
+            "validating on the last %d train sentences",
+            self.name,
+            held_out,
+        )
+        return {
+            "train": examples["train"][:-held_out],
+            "validation": examples["train"][-held_out:],
+            "test": examples["validation"],
         }
 
     @cached_property
@@ -215,7 +248,10 @@ class LabelledDataModule(L.LightningDataModule):
         return out
 
     def collate(self, rows: list) -> dict[str, torch.Tensor]:
-        """Pad to the longest sentence: tokens [B, T], lengths [B], targets [B] or [B, T]."""
+        """Pad to the longest sentence: tokens [B, T], lengths [B], targets [B] or [B, T], and
+        each row's index in the split, ``sentence`` [B] (for the per-sentence score files)."""
+        sentence = torch.tensor([index for index, _ in rows])
+        rows = [row for _, row in rows]
         lengths = torch.tensor([len(ids) for ids, _ in rows])
         tokens = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long)
         for i, (ids, _) in enumerate(rows):
@@ -226,10 +262,10 @@ class LabelledDataModule(L.LightningDataModule):
                 targets[i, : len(tags)] = torch.tensor(tags)
         else:
             targets = torch.tensor([label for _, label in rows])
-        return {"tokens": tokens, "lengths": lengths, "targets": targets}
+        return {"tokens": tokens, "lengths": lengths, "targets": targets, "sentence": sentence}
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        data = self.encoded(split)
+        data = list(enumerate(self.encoded(split)))  # (index in the split, (ids, labels))
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         # one order for any world size: one process and several see the same batches

@@ -4,7 +4,8 @@
   ``last`` = h_n (bidirectional: the forward end [h->_n] joined with the backward end [h<-_1]),
   ``mean`` / ``max`` over the sentence's real positions. ``encoder=None`` with ``mean`` is the
   bag-of-words baseline: the average embedding, blind to word order.
-* ``SequenceTagger``: one tag per token from each position's state.
+* ``SequenceTagger``: one tag per token from each position's state (or, on the NNLM's
+  ``WindowEncoder``, from a window around the token).
 
 Sentences are padded; the encoder reads them packed, so the backward direction starts at each
 sentence's own last word, never at padding.
@@ -18,6 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lm_experiments.errors import UserError
 from lm_experiments.models.encoders import RecurrentEncoder, recurrence
+from lm_experiments.models.window_encoder import WindowEncoder
 
 POOLINGS = ("last", "mean", "max")
 
@@ -80,5 +82,7 @@ class SequenceTagger(nn.Module):
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """-> logits [B, T, tags]"""
+        if isinstance(self.encoder, WindowEncoder):  # the NNLM's: a window around each token
+            return self.head(self.encoder(tokens, lengths))
         states, _ = read_sentences(self.encoder, tokens, lengths)
         return self.head(states)

@@ -12,19 +12,54 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lm_experiments.data.vocab import IGNORE_INDEX, Vocabulary
 from lm_experiments.errors import UserError
-from lm_experiments.models.encoders import RecurrentEncoder
+from lm_experiments.models.encoders import RecurrentEncoder, WindowProjection
+from lm_experiments.models.window_encoder import WindowEncoder
+from lm_experiments.tasks.sentence_scores import sentence_rows, write_sentence_scores
 
 STAGES = ("train", "val", "test")
 
 
-def encoder_of(net, bidirectional: bool) -> RecurrentEncoder:
-    """The LM net's recurrent encoder (its head is dropped); rebuilt reading both ways when
-    ``bidirectional`` (allowed here: a classifier or tagger sees the whole sentence)."""
+def labelled_data(datamodule, task_cfg):
+    """The data a task reads: a labelled dataset as it is; for ``task=classify|tag`` on the
+    embedded corpus (``dataset=synthetic``), its sentences with the grammar's exact labels
+    (``task.label``, ``task.limit_train``). The LM task gets the data module unchanged."""
+    from hydra.utils import get_class
+
+    kind = getattr(get_class(task_cfg._target_), "kind", None)
+    if kind is None or hasattr(datamodule, "labels"):
+        if kind is not None and task_cfg.get("limit_train") is not None:
+            raise UserError("task.limit_train is for dataset=synthetic; use dataset.limit_train")
+        return datamodule
+    if not getattr(datamodule, "annotations", None):
+        raise UserError(
+            f"task={kind} needs labelled data: dataset=synthetic, or a labelled dataset "
+            f"(tags, labels, conll2003, sst2, imdb); '{datamodule.name}' has no labels"
+        )
+    from lm_experiments.data.synthetic_labels import SyntheticLabelled
+
+    return SyntheticLabelled(
+        datamodule,
+        kind,
+        task_cfg.get("label"),
+        task_cfg.get("limit_train"),
+        task_cfg.get("encoder_ckpt"),
+    )
+
+
+def encoder_of(net, bidirectional: bool) -> RecurrentEncoder | WindowEncoder:
+    """The LM net's encoder (its head is dropped): a recurrent one, rebuilt reading both ways
+    when ``bidirectional`` (allowed here: a classifier or tagger sees the whole sentence), or
+    the NNLM's projection and hidden layer, on a window around each token when
+    ``bidirectional`` (else the LM's own window, ending at the token)."""
+    projection = getattr(net, "projection", None)
+    if isinstance(projection, WindowProjection):
+        right = (projection.window - 1) // 2 if bidirectional else 0
+        return WindowEncoder(projection, net.hidden, net.drop.p, right)
     encoder = getattr(net, "encoder", None)
     if not isinstance(encoder, RecurrentEncoder):
         raise UserError(
-            f"task=classify|tag needs a recurrent model (rnnlm, lstm, gru, stacked_rnn); "
-            f"got {type(net).__name__}"
+            f"task=classify|tag needs a recurrent model (rnnlm, lstm, gru, stacked_rnn) or, "
+            f"for tagging, the NNLM's window; got {type(net).__name__}"
         )
     if not bidirectional or encoder.directions == 2:
         return encoder
@@ -55,6 +90,7 @@ class SupervisedTask(L.LightningModule):
     """Subclasses give ``make_head(encoder)`` (-> logits) and may add metrics."""
 
     monitor = "val/acc"  # checkpoints and early stopping: validation accuracy, never test
+    kind: str  # "classify" | "tag": the data it reads (``labelled_data``)
 
     def __init__(
         self,
@@ -70,6 +106,8 @@ class SupervisedTask(L.LightningModule):
         oracle_ppl=None,  # the LM task's; a labelled corpus has none
         monitor: str = "val/acc",  # read by conf/callbacks (checkpoint, early stopping)
         monitor_mode: str = "max",
+        label: str | None = None,  # dataset=synthetic: which sentence label (the data's choice)
+        limit_train: int | None = None,  # dataset=synthetic: the labelled sentences used
         **head_options,
     ):
         super().__init__()
@@ -88,6 +126,8 @@ class SupervisedTask(L.LightningModule):
         # (ModuleDict keys may not be "train": nn.Module.train)
         self.metrics = nn.ModuleDict({f"{s}_scores": self.make_scores() for s in STAGES})
         self.results: dict[str, dict[str, float]] = {}
+        self.kept: dict[str, list] = {"val": [], "test": []}  # per-sentence rows (score files)
+        self.best_val_acc = 0.0
 
     def make_head(self, encoder, num_labels: int, **options) -> nn.Module:
         raise NotImplementedError
@@ -119,7 +159,10 @@ class SupervisedTask(L.LightningModule):
         loss = nn.functional.cross_entropy(
             logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX
         )
-        self.update_scores(self.metrics[f"{stage}_scores"], logits.argmax(-1), targets)
+        predicted = logits.argmax(-1)
+        self.update_scores(self.metrics[f"{stage}_scores"], predicted, targets)
+        if stage != "train":
+            self.kept[stage].append(sentence_rows(batch, predicted, targets))
         self.log(
             f"{stage}/loss",
             loss,
@@ -158,6 +201,11 @@ class SupervisedTask(L.LightningModule):
                     {f"{name}/{tag}": float(v) for tag, v in zip(self.labels, value, strict=True)}
                 )
         self.metrics[f"{stage}_scores"].reset()
+        if stage != "train":
+            write_sentence_scores(self, stage, self.kept[stage], self.kind == "tag")
+            self.kept[stage] = []
+        if stage == "val":  # the sweeps' objective (train.objective): the best so far
+            self.best_val_acc = out["acc_best"] = max(self.best_val_acc, out["acc"])
         self.results[stage] = out
         self.log_dict({f"{stage}/{k}": v for k, v in out.items()}, rank_zero_only=False)
 
@@ -169,6 +217,7 @@ class SupervisedTask(L.LightningModule):
             self._finish("val")
         else:
             self.metrics["val_scores"].reset()
+            self.kept["val"] = []
 
     def on_test_epoch_end(self):
         self._finish("test")

@@ -56,6 +56,8 @@ class EntityF1(Metric):
 
 
 class Tagging(SupervisedTask):
+    kind = "tag"
+
     def make_head(self, encoder, num_labels: int):
         return SequenceTagger(encoder, num_labels)
 
