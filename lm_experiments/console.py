@@ -13,6 +13,8 @@ import warnings
 
 from lightning.pytorch.loggers import WandbLogger
 
+from lm_experiments.runtime.compat import drop_wandb_anonymous
+
 TIPS = ("💡 Tip:",)
 WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
 
@@ -33,9 +35,8 @@ def quiet() -> None:
 
 class QuietWandbLogger(WandbLogger):
     """Lightning's WandbLogger without the ``anonymous=None`` it hands ``wandb.init`` (wandb warns
-    about any value of that deprecated setting). Checked on lightning 2.4-2.6."""
+    about any value of that deprecated setting; ``runtime/compat.py`` touches the private part)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if getattr(self, "_wandb_init", {}).get("anonymous", False) is None:
-            del self._wandb_init["anonymous"]
+        drop_wandb_anonymous(self)

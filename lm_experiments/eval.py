@@ -20,7 +20,7 @@ from lm_experiments import validation
 from lm_experiments.errors import UserError
 from lm_experiments.generate import load_model
 from lm_experiments.locations import conf_dir
-from lm_experiments.models.base import check_vocabulary
+from lm_experiments.tasks.language_modeling import check_vocabulary
 from lm_experiments.threads import IntraOpThreads
 from lm_experiments.utils import instantiate, print_config_tree, write_json_atomic
 

@@ -16,11 +16,11 @@ USAGE = "usage: python -m lm_experiments.ngram export ckpt_path=PATH out=PATH.ar
 def export(ckpt_path: str, out: str) -> str:
     """Read the checkpoint once (memory-mapped: its tables are not copied onto the heap) and
     stream its tables to the ARPA file; no LightningModule is built."""
-    from lm_experiments.models.ngram import NGramLM, NGramModel, export_arpa
+    from lm_experiments.models.ngram import NGramModel, NGramNet, export_arpa
     from lm_experiments.runtime.checkpoints import model_class, read_checkpoint
 
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
-    if not issubclass(model_class(checkpoint), NGramLM) or "ngram" not in checkpoint:
+    if not issubclass(model_class(checkpoint), NGramNet) or "ngram" not in checkpoint:
         name = model_class(checkpoint).__name__
         raise UserError(f"'{ckpt_path}' holds a {name}, not a counted n-gram model")
     if "vocabulary" not in checkpoint:

@@ -11,7 +11,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -73,16 +72,11 @@ def build(cfg: DictConfig):
     """The data module, and the task wrapping a net sized to its vocabulary."""
     datamodule = labelled_data(instantiate(cfg.dataset), cfg.task)  # synthetic: its own labels
     vocab = datamodule.vocab  # tokenizes (cached) and builds the vocabulary from train
-    if issubclass(get_class(cfg.model._target_), L.LightningModule):
-        model = _build_legacy(cfg, datamodule)
-    else:
-        net = build_net(cfg.model, len(vocab))
-        extra = {}  # classify / tag data: the label set and the train majority
-        if hasattr(datamodule, "labels"):
-            extra = {"labels": datamodule.labels, "majority": datamodule.majority}
-        model = instantiate(
-            cfg.task, net=net, vocab=vocab, oracle_ppl=datamodule.oracle_ppl, **extra
-        )
+    net = build_net(cfg.model, len(vocab))
+    extra = {}  # classify / tag data: the label set and the train majority
+    if hasattr(datamodule, "labels"):
+        extra = {"labels": datamodule.labels, "majority": datamodule.majority}
+    model = instantiate(cfg.task, net=net, vocab=vocab, oracle_ppl=datamodule.oracle_ppl, **extra)
     datamodule.train_window = model.train_window  # shuffled windows, or carried-state columns
     datamodule.train_batch_size = getattr(model, "train_batch_size", None)  # windows a step
     return datamodule, model
@@ -93,14 +87,6 @@ def build_net(model_cfg: DictConfig, vocab_size: int):
     (those go to the task, ``conf/task/lm.yaml``)."""
     net_cfg = {k: v for k, v in model_cfg.items() if k not in ("optimizer", "scheduler")}
     return instantiate(OmegaConf.create(net_cfg), vocab_size=vocab_size)
-
-
-def _build_legacy(cfg: DictConfig, datamodule):
-    """A family that is still its own LightningModule (models/base.py's LanguageModel)."""
-    model = instantiate(cfg.model, vocab_size=len(datamodule.vocab))
-    model.vocab = datamodule.vocab
-    model.oracle_ppl = datamodule.oracle_ppl
-    return model
 
 
 def _callbacks(cfg: DictConfig) -> list:
@@ -173,7 +159,7 @@ def _run(cfg: DictConfig) -> dict:
     wandb_extras.start(loggers, _model_name(cfg, model), datamodule.name)  # W&B only: tags
 
     started = time.perf_counter()
-    count_based = getattr(model, "counts_once", False)  # the n-gram: no training loop
+    count_based = getattr(model, "count_based", False)  # the n-gram: no training loop
     if count_based:  # counted once from the train stream, validated, saved once
         checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None
         counted_ckpt = model.count_and_validate(

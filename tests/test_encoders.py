@@ -19,12 +19,7 @@ from tests.test_model_families import FAMILIES, family
 V, TAGS = 12, 3
 
 
-# the Transformer is still written as its own LightningModule (an adapter on models.base), not
-# yet a net with a saved constructor call
-NETS = [name for name in FAMILIES if name != "transformer"]
-
-
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", FAMILIES)
 def test_a_net_rebuilds_from_its_saved_config_alone(name, tmp_path, cache_dir):
     net = family(name, tmp_path, cache_dir)
     buffer = io.BytesIO()

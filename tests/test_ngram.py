@@ -27,8 +27,8 @@ from lm_experiments.errors import UserError
 from lm_experiments.models.ngram import (
     LN10,
     SMOOTHINGS,
-    NGramLM,
     NGramModel,
+    NGramNet,
     count_ngrams,
     estimate,
     export_arpa,
@@ -37,8 +37,9 @@ from lm_experiments.models.ngram import (
     merge_counts,
     train_ngram,
 )
-from lm_experiments.models.ngram.module import shard
 from lm_experiments.runtime.checkpoints import read_checkpoint
+from lm_experiments.tasks.counting import shard
+from lm_experiments.tasks.language_modeling import LanguageModeling
 from lm_experiments.train import build, train
 from tests.conftest import FAST, compose_config, scored_tokens, shared_path, toy_overrides
 
@@ -286,8 +287,8 @@ def test_the_unsmoothed_model_shows_the_sparsity_problem_without_crashing():
     smoothed = train_ngram(STREAM, V, 3).evaluate(HELD_OUT_STREAM)
     assert smoothed["zero_prob"] == 0 and math.isfinite(smoothed["perplexity"])
     # in the harness: inf NLL where the probability is 0, 0 at padded positions
-    lm = NGramLM(V, order=3, smoothing="mle")
-    lm.ngram = model
+    lm = LanguageModeling(NGramNet(V, order=3, smoothing="mle"))
+    lm.net.tables = model
     inputs, targets = ColumnBatches(HELD_OUT_STREAM, 3, bptt=10_000)[0]
     nll, _ = lm.token_nll(inputs, targets, lm.init_state(3))
     padded = targets == IGNORE_INDEX
@@ -298,9 +299,9 @@ def test_the_unsmoothed_model_shows_the_sparsity_problem_without_crashing():
 # --- the LightningModule's scoring: state, forward, generation ----------------------------------
 @pytest.mark.parametrize("order", [1, 2, 3, 5])
 def test_the_carried_state_scores_every_batch_layout_as_one_stream(order):
-    lm = NGramLM(V, order=order)
-    lm.ngram = train_ngram(STREAM, V, order)
-    expected = -lm.ngram.score_stream(HELD_OUT_STREAM).sum() * LN10
+    lm = LanguageModeling(NGramNet(V, order=order))
+    lm.net.tables = train_ngram(STREAM, V, order)
+    expected = -lm.net.tables.score_stream(HELD_OUT_STREAM).sum() * LN10
     for columns, bptt in [(1, 100_000), (3, 7), (5, 1)]:
         batches, state, total = ColumnBatches(HELD_OUT_STREAM, columns, bptt), None, 0.0
         for i in range(len(batches)):
@@ -313,8 +314,8 @@ def test_the_carried_state_scores_every_batch_layout_as_one_stream(order):
 
 @pytest.mark.parametrize("order", [1, 3, 5])
 def test_forward_gives_the_distributions_token_nll_scores(order):
-    lm = NGramLM(V, order=order)
-    lm.ngram = train_ngram(STREAM, V, order)
+    lm = LanguageModeling(NGramNet(V, order=order))
+    lm.net.tables = train_ngram(STREAM, V, order)
     inputs, targets = ColumnBatches(HELD_OUT_STREAM, 4, bptt=9)[3]
     state = torch.randint(-1, V, (4, order - 1))
     logp, new_state = lm(inputs, state)  # [B, T, V]
@@ -334,8 +335,8 @@ def test_forward_gives_the_distributions_token_nll_scores(order):
 
 
 def test_sampled_sentences_are_made_of_seen_ngrams_under_the_unsmoothed_model():
-    lm = NGramLM(V, order=3, smoothing="mle")
-    lm.ngram = train_ngram(STREAM, V, 3, "mle")
+    lm = LanguageModeling(NGramNet(V, order=3, smoothing="mle"))
+    lm.net.tables = train_ngram(STREAM, V, 3, "mle")
     seen = padded_counts(TRAIN, 3)
     sentences = lm.generate(20, max_length=30, generator=torch.Generator().manual_seed(0))
     assert len(sentences) == 20 and any(len(s) > 2 for s in sentences)

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from lm_experiments.data import LMDataModule
-from lm_experiments.models.base import LanguageModel
 from lm_experiments.models.net import LanguageModelNet
 from lm_experiments.tasks.language_modeling import LanguageModeling
 from lm_experiments.tasks.perplexity import CorpusPerplexity
@@ -40,26 +39,9 @@ class BigramTable(LanguageModelNet):
         return self.log_table[inputs], state
 
 
-class LegacyBigramTable(LanguageModel):
-    """The same model written as its own LightningModule (the compatibility base the n-gram
-    still uses): the same accounting path."""
-
-    def __init__(self, vocab_size: int, seed: int = 0):
-        super().__init__(vocab_size)
-        self.log_table = BigramTable(vocab_size, seed).log_table
-
-    def forward(self, inputs, state=None):
-        return self.log_table[inputs], state
-
-
-def bigram_task(vocab_size: int, legacy: bool):
-    return LegacyBigramTable(vocab_size) if legacy else LanguageModeling(BigramTable(vocab_size))
-
-
-@pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize("eval_batch_size", [1, 3, 8])
 def test_corpus_perplexity_through_a_trainer_equals_the_hand_computation(
-    tmp_path, cache_dir, toy_corpus, eval_batch_size, legacy
+    tmp_path, cache_dir, toy_corpus, eval_batch_size
 ):
     dm = LMDataModule(
         name="toy",
@@ -71,7 +53,7 @@ def test_corpus_perplexity_through_a_trainer_equals_the_hand_computation(
         eval_batch_size=eval_batch_size,
         bptt=7,
     )
-    model = bigram_task(len(dm.vocab), legacy)
+    model = LanguageModeling(BigramTable(len(dm.vocab)))
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
@@ -79,7 +61,7 @@ def test_corpus_perplexity_through_a_trainer_equals_the_hand_computation(
 
     stream = dm.streams["test"]
     previous = np.concatenate([[1], stream[:-1]])  # the first token follows the start <eos>
-    table = model.log_table if legacy else model.net.log_table
+    table = model.net.log_table
     log_probs = torch.log_softmax(table.detach().double(), dim=-1)
     nll = -log_probs[torch.as_tensor(previous), torch.as_tensor(stream)]
     assert model.results["test"]["tokens"] == len(stream)

@@ -243,3 +243,19 @@ def test_the_cli_says_one_line_for_missing_and_undecodable_files(tmp_path, args,
     assert len(errors) == 1 and expected in errors[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert "MissingMandatoryValue" not in result.stderr + result.stdout
+
+
+def test_labelled_files_are_checked_and_decoded_by_the_corpora_reader(tmp_path):
+    """Classification and tagging files go through the LM corpora's one reader: a missing or
+    undecodable file is one line naming the option (and the line), a byte-order mark is dropped."""
+    from lm_experiments.data.labelled import read_labelled, read_tagged
+
+    with pytest.raises(UserError, match="dataset.test_path: no such file"):
+        read_tagged(str(tmp_path / "missing.conll"), "test_path")
+    bad = tmp_path / "bad.tsv"
+    bad.write_bytes(b"pos\tgood film\n" + "neg\tle caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"dataset.valid_path: .* not valid utf-8 at line 2"):
+        read_labelled(str(bad), "valid_path")
+    marked = tmp_path / "bom.tsv"
+    marked.write_bytes("\ufeffpos\tgood film\r\nneg\tbad\r\n".encode())
+    assert read_labelled(str(marked)) == [(["good", "film"], "pos"), (["bad"], "neg")]

@@ -12,9 +12,9 @@ import torch
 
 from lm_experiments.data.vocab import EOS_ID
 from lm_experiments.errors import UserError
-from lm_experiments.models.transformer import TransformerLM, TransformerNet
-from lm_experiments.train import build
-from lm_experiments.utils import instantiate
+from lm_experiments.models.transformer import TransformerNet
+from lm_experiments.tasks.language_modeling import LanguageModeling
+from lm_experiments.train import build, build_net
 from tests.conftest import FAST, compose_config, toy_overrides
 from tests.test_model_families import normaliser
 
@@ -95,7 +95,7 @@ def test_greedy_generation_token_by_token_through_the_memory_is_the_one_pass_arg
     """Generation feeds one token a batch: the memory must give each step the context one pass
     over the sentence gives it, so every greedy token is that pass's argmax after its prefix."""
     torch.manual_seed(0)
-    lm = TransformerLM(V, embedding_dim=16, num_heads=4, hidden_dim=32, context=CONTEXT)
+    lm = LanguageModeling(net())
     lengths = []
     for seed in range(3):  # weights that make the argmax depend on the context
         lm.net = net(seed=seed)
@@ -144,13 +144,13 @@ def test_evaluation_does_not_depend_on_bptt(tmp_path, cache_dir, toy_corpus):
 def test_impossible_options_fail_with_one_readable_line(option, message, tmp_path, cache_dir):
     cfg = compose_config(["model=transformer", option, *FAST], tmp_path, cache_dir)
     with pytest.raises(UserError, match=message):
-        instantiate(cfg.model, vocab_size=V)
+        build_net(cfg.model, V)
 
 
 def test_adaptive_softmax_without_tying_scores_a_normalised_distribution(tmp_path, cache_dir):
     overrides = ["model=transformer", "model.softmax=adaptive", "model.tie_weights=false"]
     cfg = compose_config([*overrides, "model.cutoffs=[4,8]", *FAST], tmp_path, cache_dir)
-    model = instantiate(cfg.model, vocab_size=V).eval()
+    model = build_net(cfg.model, V).eval()
     x = torch.randint(0, V, (2, 9))
     with torch.no_grad():
         log_probs, _ = model(x)

@@ -38,34 +38,32 @@ class Metric:
         return f"test_{self.name}"
 
 
+def figures(*keys) -> tuple[tuple[str, str], ...]:
+    """(column, metrics.json key) pairs, in the report's order: a key alone names its own column
+    (``val/acc`` -> ``val_acc``); a pair gives the column another name."""
+    return tuple((key.replace("/", "_"), key) if isinstance(key, str) else key for key in keys)
+
+
 PPL = Metric(
     "ppl",
     ("test/ppl_forward", "test/ppl"),
     numerator="nll",
     denominator="tokens",
     exp=True,
-    extra=(
-        ("val_ppl_best", "val/ppl_best"),
+    extra=figures(
+        "val/ppl_best",
         ("val_ppl_last", "val/ppl"),
-        ("test_oracle_ppl", "test/oracle_ppl"),
-        ("test_ppl_ratio", "test/ppl_ratio"),
+        "test/oracle_ppl",
+        "test/ppl_ratio",
         ("test_ppl_combined", "test/ppl"),  # kept for the biRNN only (lm_figures)
-        ("test_ppl_backward", "test/ppl_backward"),
-        ("test_tokens", "test/tokens"),
+        "test/ppl_backward",
+        "test/tokens",
     ),
 )
 ACC = Metric(
-    "acc",
-    ("test/acc",),
-    numerator="correct",
-    denominator="labels",
-    higher_is_better=True,
-    extra=(
-        ("val_acc", "val/acc"),
-        ("test_f1", "test/f1"),
-        ("test_majority_acc", "test/majority_acc"),
-    ),
-)
+    "acc", ("test/acc",), "correct", "labels", higher_is_better=True,
+    extra=figures("val/acc", "test/f1", "test/majority_acc"),
+)  # fmt: skip
 KNOWN = {"ppl": PPL, "acc": ACC}
 
 

@@ -77,6 +77,30 @@ def _first_undecodable(path: str, codec: str) -> tuple[int, str] | None:
     return None
 
 
+def _undecodable(option: str, path: str, encoding: str, found: tuple[int, str]) -> UserError:
+    return UserError(
+        f"dataset.{option}: '{path}' is not valid {encoding} at line {found[0]} ({found[1]}); "
+        "pass dataset.encoding=ENCODING (latin-1 or cp1252 for many older corpora), or "
+        "dataset.errors=replace to read those bytes as U+FFFD"
+    )
+
+
+def read_text(
+    option: str, path: str | None, encoding: str = "utf-8", errors: str = "strict"
+) -> list[str]:
+    """The lines of the local file ``dataset.<option>`` names, for data read into memory (the
+    labelled sets), checked and decoded exactly as :func:`read_lines` reads a corpus."""
+    codec = _codec(encoding, errors)
+    file = _existing_file(option, path)
+    try:
+        return Path(file).read_text(encoding=codec, errors=errors).splitlines()
+    except UnicodeError:
+        found = _first_undecodable(file, codec)
+        if found is None:
+            raise
+        raise _undecodable(option, file, encoding, found) from None
+
+
 def read_lines(
     files: dict[str, tuple[str, str]], encoding: str, errors: str, cache_dir: str | None
 ) -> datasets.DatasetDict:
@@ -98,12 +122,7 @@ def read_lines(
             raise
         for split, path in paths.items():
             if found := _first_undecodable(path, codec):
-                raise UserError(
-                    f"dataset.{files[split][0]}: '{path}' is not valid {encoding} at line "
-                    f"{found[0]} ({found[1]}); pass dataset.encoding=ENCODING (latin-1 or "
-                    "cp1252 for many older corpora), or dataset.errors=replace to read those "
-                    "bytes as U+FFFD"
-                ) from None
+                raise _undecodable(files[split][0], path, encoding, found) from None
         raise
 
 

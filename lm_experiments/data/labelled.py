@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from functools import cached_property
-from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from lm_experiments.data.corpora import OPTION, read_text
 from lm_experiments.data.vocab import IGNORE_INDEX, UNK_ID, Vocabulary
 from lm_experiments.errors import UserError
 
@@ -29,10 +29,11 @@ STAGE_SPLIT = {"fit": "train", "train": "train", "val": "validation", "test": "t
 PAD_ID = UNK_ID  # padded positions are masked out: never pooled, never scored
 
 
-def read_tagged(path: str) -> list[tuple[list[str], list[str]]]:
-    """CoNLL-style ``token<TAB>tag`` lines; a blank line ends a sentence."""
+def read_tagged(path: str, option: str = "train_path") -> list[tuple[list[str], list[str]]]:
+    """CoNLL-style ``token<TAB>tag`` lines of ``dataset.<option>``; a blank line ends a
+    sentence."""
     sentences, tokens, tags = [], [], []
-    for number, line in enumerate(_lines(path), start=1):
+    for number, line in enumerate(read_text(option, path), start=1):
         if not line.strip():
             if tokens:
                 sentences.append((tokens, tags))
@@ -48,10 +49,11 @@ def read_tagged(path: str) -> list[tuple[list[str], list[str]]]:
     return sentences
 
 
-def read_labelled(path: str) -> list[tuple[list[str], str]]:
-    """``label<TAB>text`` lines, one sentence each (words split on whitespace)."""
+def read_labelled(path: str, option: str = "train_path") -> list[tuple[list[str], str]]:
+    """``label<TAB>text`` lines of ``dataset.<option>``, one sentence each (words split on
+    whitespace)."""
     sentences = []
-    for number, line in enumerate(_lines(path), start=1):
+    for number, line in enumerate(read_text(option, path), start=1):
         if not line.strip():
             continue
         if "\t" not in line:
@@ -59,12 +61,6 @@ def read_labelled(path: str) -> list[tuple[list[str], str]]:
         label, text = line.rstrip("\n").split("\t", 1)
         sentences.append((text.split(), label.strip()))
     return sentences
-
-
-def _lines(path: str) -> list[str]:
-    if not Path(path).is_file():
-        raise UserError(f"no such file: {path}")
-    return Path(path).read_text(encoding="utf-8").splitlines()
 
 
 UNLABELLED = -1  # a hub set's "no label" (SST-2's test split: its labels are withheld)
@@ -155,7 +151,7 @@ class LabelledDataModule(L.LightningDataModule):
     def examples(self) -> dict[str, list]:
         if self.source == "files":
             read = read_tagged if self.kind == "tag" else read_labelled
-            examples = {split: read(path) for split, path in self.paths.items()}
+            examples = {split: read(path, OPTION[split]) for split, path in self.paths.items()}
         elif self.source == "hub":
             examples = self._hub_examples()
         else:

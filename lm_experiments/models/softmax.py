@@ -16,7 +16,7 @@ Most tokens of a Zipfian corpus fall in the head, so most positions never touch 
 Every layer here answers three questions, in float32 whatever the autocast dtype:
 
 * ``forward(h)``: scores [..., V] whose softmax is the distribution (logits for ``full``,
-  log-probabilities for ``adaptive``); what ``LanguageModel.forward`` returns and generation samples;
+  log-probabilities for ``adaptive``); what a net's ``forward`` returns and generation samples;
 * ``log_probs(h)``: log p over the whole vocabulary [..., V];
 * ``nll(h, targets)``: -log p(target) [...], for training and evaluation; the adaptive layer
   computes it without materialising [..., V].

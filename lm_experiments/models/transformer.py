@@ -19,8 +19,8 @@ token the left context (and the NLL) it gets when the whole column is read in on
 ``context`` tokens per layer (tested); with a smaller memory the first tokens of a segment see
 less. A column starts with an empty memory, as an RNN starts from a zero state.
 
-``TransformerNet`` is the plain ``nn.Module``; ``TransformerLM`` plugs it into today's
-``LanguageModel`` base. The embedding and the output layer share their weights
+``TransformerNet`` is a plain net (``models/net.py``); the language-modeling task trains and
+samples it like every family. The embedding and the output layer share their weights
 (``tie_weights``, Press & Wolf 2017); ``softmax=adaptive`` swaps in the adaptive softmax.
 """
 
@@ -33,7 +33,7 @@ from torch import nn
 
 from lm_experiments.errors import UserError
 from lm_experiments.models.attention import CausalSelfAttention, RelativePositions
-from lm_experiments.models.base import LanguageModel
+from lm_experiments.models.net import LanguageModelNet
 from lm_experiments.models.softmax import output_layer
 
 
@@ -84,11 +84,8 @@ def check_options(embedding_dim, num_heads, num_layers, context, memory, tie_wei
         raise UserError("model.tie_weights=true needs model.softmax=full")
 
 
-class TransformerNet(nn.Module):
+class TransformerNet(LanguageModelNet):
     """Token ids and the memory -> next-token scores and the next memory (module docstring)."""
-
-    #: trains on the carried-state column layout, like the recurrent families
-    train_window: int | None = None
 
     def __init__(
         self,
@@ -136,9 +133,12 @@ class TransformerNet(nn.Module):
         """The memory at a column start: no earlier tokens, [L, B, 0, d]."""
         return torch.zeros(self.num_layers, batch_size, 0, self.dim, device=device)
 
-    def features(self, inputs: torch.Tensor, state: torch.Tensor):
-        """inputs [B, S], memory [L, B, m, d] -> (LN(x^L) [B, S, d], the next memory
-        [L, B, min(m + S, memory), d]: each block's input at the last ``memory`` tokens)."""
+    def features(self, inputs: torch.Tensor, state: torch.Tensor | None):
+        """inputs [B, S], memory [L, B, m, d] (None: a column start) -> (LN(x^L) [B, S, d], the
+        next memory [L, B, min(m + S, memory), d]: each block's input at the last ``memory``
+        tokens)."""
+        if state is None:
+            state = self.init_state(inputs.size(0), inputs.device)
         x = self.drop(self.embedding(inputs))  # [B, S, d]
         table = self.positions()
         entering = []  # each block's input over the segment
@@ -149,32 +149,15 @@ class TransformerNet(nn.Module):
         kept = stream[:, :, max(0, stream.size(2) - self.memory) :]
         return self.ln_f(x), kept.detach()  # no gradient into earlier segments (truncated BPTT)
 
-    def forward(self, inputs: torch.Tensor, state: torch.Tensor):
+    def forward(self, inputs: torch.Tensor, state: torch.Tensor | None = None):
         """-> (scores [B, S, V]: logits (full) or log-probs (adaptive), the next memory)."""
         h, state = self.features(inputs, state)
         return self.output(h), state
 
-    def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor):
+    def token_nll(
+        self, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor | None = None
+    ):
         """-log p(target) [B, T] of the last T = targets.size(1) positions; the output layer runs
         on those only, and the adaptive softmax never materialises [B, T, V]."""
         h, state = self.features(inputs, state)
         return self.output.nll(h[:, h.size(1) - targets.size(1) :], targets), state
-
-
-class TransformerLM(LanguageModel):
-    """``TransformerNet`` under today's ``LanguageModel`` base (the base owns the accounting, the
-    carried memory, checkpoints and generation); ``options`` are the net's."""
-
-    def __init__(self, vocab_size: int, optimizer=None, scheduler=None, **options):
-        super().__init__(vocab_size, optimizer, scheduler)  # hparams: vocab_size and options
-        self.net = TransformerNet(vocab_size, **options)
-
-    def init_state(self, batch_size: int):
-        return self.net.init_state(batch_size, self.device)
-
-    def forward(self, inputs: torch.Tensor, state=None):
-        return self.net(inputs, self.init_state(inputs.size(0)) if state is None else state)
-
-    def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, state=None):
-        state = self.init_state(inputs.size(0)) if state is None else state
-        return self.net.token_nll(inputs, targets, state)

@@ -53,12 +53,18 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict:
 
 
 def model_class(checkpoint: dict):
-    """The LanguageModel subclass that wrote ``checkpoint``."""
+    """The class of the net (or module) that wrote ``checkpoint``."""
     path = checkpoint.get("model_class")
     if not path:
         raise UserError("the checkpoint was not written by lm_experiments (no model_class)")
     module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise UserError(
+            f"the checkpoint's model {path} no longer exists (written by an older "
+            "lm_experiments): train it again"
+        ) from None
 
 
 # --- the model a checkpoint holds ----------------------------------------------------------------

@@ -22,7 +22,9 @@ What is relied upon, and where it lives upstream (Lightning 2.6, Hydra 1.3):
   it reruns ``sys.argv`` plus ``hydra.run.dir=...`` with ``LOCAL_RANK`` set, and leaves
   :data:`LAUNCHER_ENV` in the environment after the job (``runtime/ddp.py`` works around both);
 * the text of the warning Lightning prints on every mid-epoch resume of a non-stateful loader
-  (:data:`MID_EPOCH_RESUME_WARNING`).
+  (:data:`MID_EPOCH_RESUME_WARNING`);
+* ``WandbLogger._wandb_init``: the keyword arguments it will pass ``wandb.init``, where it always
+  puts ``anonymous=None`` (:func:`drop_wandb_anonymous`).
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ def stop_after_this_batch(trainer) -> None:
 def end_resumed_epoch_normally(trainer) -> None:
     """Let the epoch a run resumed in end like any other (its plateau schedulers step)."""
     trainer.fit_loop.restarting = False
+
+
+def drop_wandb_anonymous(logger) -> None:
+    """Take the ``anonymous=None`` out of what ``logger`` (a ``WandbLogger``) will pass
+    ``wandb.init``: wandb warns about any value of that deprecated setting."""
+    init = getattr(logger, "_wandb_init", {})
+    if init.get("anonymous", False) is None:
+        del init["anonymous"]
 
 
 # --- Hydra -------------------------------------------------------------------------------------

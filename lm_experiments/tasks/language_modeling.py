@@ -13,7 +13,9 @@ their perplexities are comparable:
   over batches and DDP ranks; perplexity = exp(sum NLL / scored tokens), and a training loss
   whose DDP gradient average equals one process with the whole batch;
 * logging, ``val/ppl_best``, tokens/s, checkpoint metadata (the vocabulary, the net's class and
-  constructor config), what a mid-epoch resume needs (``resume_state``), and generation.
+  constructor config), what a mid-epoch resume needs (``resume_state``), and generation;
+* a count-based net (the n-gram) is not trained by a loop: it is counted once from the training
+  stream as the trainer sets up, and its tables go into the checkpoint (``counting.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch.utils._pytree import tree_map
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX, Vocabulary
 from lm_experiments.errors import UserError
 from lm_experiments.models.net import LanguageModelNet, detach_state
+from lm_experiments.tasks import counting
 from lm_experiments.tasks.perplexity import CorpusPerplexity
 from lm_experiments.tasks.scoring import KeptScores, write_epoch_scores
 
@@ -70,7 +73,7 @@ class LanguageModeling(L.LightningModule):
 
     def __init__(
         self,
-        net: LanguageModelNet | None,
+        net: LanguageModelNet,
         optimizer=None,
         scheduler=None,
         vocab: Vocabulary | None = None,
@@ -86,6 +89,7 @@ class LanguageModeling(L.LightningModule):
         self._state: dict[str, object] = {}
         self._kept = {"val": KeptScores(), "test": KeptScores()}  # per-sentence score files
         self._train_seconds = 0.0
+        self._counted_shard = None  # a count-based net's training text, scored at validation
         #: the latest corpus-level figures per stage, in full precision (read by train.py)
         self.results: dict[str, dict[str, float]] = {}
 
@@ -110,7 +114,40 @@ class LanguageModeling(L.LightningModule):
     detach_state = staticmethod(detach_state)
 
     def num_parameters(self) -> int:
+        if self.count_based:  # no parameters: its stored probabilities and backoffs
+            return self.net.num_parameters()
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # --- a count-based net: counted once as the trainer sets up, never trained by a loop ---------
+    @property
+    def count_based(self) -> bool:
+        return getattr(self.net, "count_based", False)
+
+    def setup(self, stage: str) -> None:
+        if not self.count_based:
+            return
+        if stage == "fit":
+            raise UserError(
+                "the n-gram is counted, not trained by a loop: run it with train.py "
+                "(python -m lm_experiments model=ngram) or the task's count_and_validate"
+            )
+        seconds, self._counted_shard = counting.fit_once(self)
+        self._train_seconds += seconds
+
+    def count_and_validate(
+        self, trainer, datamodule, ckpt_path=None, checkpoint=None, train=True, validate=True
+    ):
+        """``trainer.fit`` for a count-based net (``counting.count_and_validate``)."""
+        return counting.count_and_validate(
+            self, trainer, datamodule, ckpt_path, checkpoint, train, validate
+        )
+
+    def _log_counting_pass(self) -> None:
+        """The counting pass's train figures: the perplexity of this rank's counted shard."""
+        nll_sum, tokens = self.net.stream_nll(self._counted_shard)
+        self.train_ppl.update(nll_sum, tokens)
+        self._counted_shard = None
+        self.on_train_epoch_end()  # logs train/ppl, train/tokens, train/tokens_per_sec
 
     # --- the shared step ------------------------------------------------------------------------
     def scored_nll(self, inputs: torch.Tensor, targets: torch.Tensor, state, stage: str):
@@ -219,6 +256,8 @@ class LanguageModeling(L.LightningModule):
         self._train_seconds = 0.0
 
     def on_validation_epoch_end(self):
+        if self._counted_shard is not None:
+            self._log_counting_pass()
         self._write_scores("val")
         out = self._log_perplexity("val")
         if not self.trainer.sanity_checking:
@@ -272,12 +311,12 @@ class LanguageModeling(L.LightningModule):
         if self.vocab is not None:
             checkpoint["vocabulary"] = self.vocab.itos
         checkpoint["task_class"] = class_path(self)
-        config = getattr(self.net, "config", None)  # a LanguageModelNet's constructor call
-        # a net with a config is rebuilt on its own; a family written as its own LightningModule
-        # (the n-gram, the Transformer adapter) is loaded as that module
-        checkpoint["model_class"] = class_path(self.net if config is not None else self)
-        if config is not None:
-            checkpoint["model_config"] = config  # instantiate() rebuilds the net
+        checkpoint["model_class"] = class_path(self.net)
+        checkpoint["model_config"] = self.net.config  # instantiate() rebuilds the net
+        if self.count_based:  # the estimated tables (no raw tokens) and the counting pass's figures
+            self.net.save_tables(checkpoint)
+            if "train" in self.results:
+                checkpoint[counting.TRAIN_RESULTS] = dict(self.results["train"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("vocabulary")
@@ -285,6 +324,8 @@ class LanguageModeling(L.LightningModule):
             check_vocabulary(saved, self.vocab)
             if self.vocab is None:
                 self.vocab = Vocabulary(saved)
+        if self.count_based:
+            self.net.load_tables(checkpoint)
 
     # --- generation: feed each sampled token back in ----------------------------------------------
     @torch.no_grad()

@@ -8,6 +8,7 @@ import importlib
 import lightning as L
 from hydra.utils import instantiate
 
+from lm_experiments.errors import UserError
 from lm_experiments.runtime.checkpoints import model_class, read_checkpoint
 
 
@@ -20,8 +21,11 @@ def load_task(ckpt_path: str) -> L.LightningModule:
     """The task stored in ``ckpt_path``, with its vocabulary, in eval mode on the CPU."""
     checkpoint = read_checkpoint(ckpt_path)
     cls = model_class(checkpoint)
-    if issubclass(cls, L.LightningModule):  # a family written as its own LightningModule
-        return cls.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
+    if issubclass(cls, L.LightningModule) or "model_config" not in checkpoint:
+        raise UserError(
+            f"ckpt_path: '{ckpt_path}' was written by an older lm_experiments (its model is a "
+            f"{cls.__name__} module, not a net with its config): train it again"
+        )
     net = instantiate(checkpoint["model_config"])
     task = _resolve(checkpoint["task_class"])(net)
     task.load_state_dict(checkpoint["state_dict"])

@@ -5,10 +5,10 @@
     smoothing.py  raw counts -> tables: modified Kneser-Ney (as lmplz), Witten-Bell, add-k, MLE
     arpa.py       ARPA files in and out
     memory.py     glibc's allocator while a large corpus is counted
-    net.py        the plain net: fit (count once), init_state, forward, token_nll
-    module.py     the LightningModule adapter (``model=ngram``)
+    net.py        the net (``model=ngram``): fit (count once), init_state, forward, token_nll
 
-``conf/model/ngram.yaml``'s ``_target_: lm_experiments.models.ngram.NGramLM`` is re-exported here.
+The language-modeling task (``tasks/language_modeling.py``) wraps it like every net and counts it
+once from the training stream (``tasks/counting.py``) instead of running a training loop.
 """
 
 from lm_experiments.models.ngram.arpa import export_arpa, load_arpa
@@ -18,7 +18,6 @@ from lm_experiments.models.ngram.counting import (
     group_keys,
     merge_counts,
 )
-from lm_experiments.models.ngram.module import NGramLM
 from lm_experiments.models.ngram.net import NGramNet
 from lm_experiments.models.ngram.smoothing import (
     SMOOTHINGS,
@@ -34,7 +33,6 @@ __all__ = [
     "NONE",
     "SMOOTHINGS",
     "NGramCounts",
-    "NGramLM",
     "NGramModel",
     "NGramNet",
     "check_options",

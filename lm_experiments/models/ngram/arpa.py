@@ -46,14 +46,14 @@ def _rows_tokens(model: NGramModel, n: int, rows: np.ndarray) -> list[np.ndarray
 
 
 def export_arpa(model, path, vocab=None, chunk: int = 1 << 20) -> Path:
-    """Write ``model`` (an :class:`NGramModel` or an :class:`NGramLM`) as an ARPA file (gzipped
+    """Write ``model`` (an :class:`NGramModel` or a task wrapping an ``NGramNet``) as an ARPA file (gzipped
     when ``path`` ends in ``.gz``) that KenLM, SRILM and :func:`load_arpa` read.
 
     ``<eos>`` is written ``</s>``, the context id ``<s>`` (log10 p = 0, as lmplz writes it);
     a probability 0 (``mle``) is -99. Streamed: ``chunk`` n-grams at a time, each chunk's lines
     built and written by Arrow (tab-separated, as KenLM writes them).
     """
-    if not isinstance(model, NGramModel):  # the LightningModule (or anything with a net)
+    if not isinstance(model, NGramModel):  # the task: its vocabulary and its net's tables
         vocab = vocab if vocab is not None else model.vocab
         model = model.net.model()
     if vocab is None:

@@ -1,6 +1,7 @@
 """The n-gram as a language-model net: counted once from the training stream (``fit``), then
 scored with its tables through the same contract as every neural net.
 
+    count_based = True                                    counted once (``tasks/counting.py``)
     train_window = None                                   evaluated on the column layout
     init_state(batch_size, device) -> [B, N-1] tokens     the last N - 1 tokens of each column
     forward(inputs [B, S], state) -> (log p [B, S, V], state)
@@ -8,7 +9,8 @@ scored with its tables through the same contract as every neural net.
 
 The carried state is the last N - 1 input tokens of each column (-1 where there are none), cut
 after the most recent ``<eos>``, which is the ``<s>`` context of the next sentence. It has no
-parameters and no optimizer: ``fit`` counts and estimates, and the tables are plain arrays.
+parameters and no optimizer: ``fit`` counts and estimates, and the tables are plain arrays,
+saved in the task's checkpoint (``save_tables``/``load_tables``) rather than in a state dict.
 """
 
 from __future__ import annotations
@@ -20,23 +22,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX
 from lm_experiments.errors import UserError
+from lm_experiments.models.net import LanguageModelNet
 from lm_experiments.models.ngram.arpa import load_arpa
 from lm_experiments.models.ngram.counting import NGramCounts, count_ngrams, merge_counts
 from lm_experiments.models.ngram.memory import reusing_freed_memory
-from lm_experiments.models.ngram.smoothing import check_options, estimate
+from lm_experiments.models.ngram.smoothing import check_options, estimate, train_ngram
 from lm_experiments.models.ngram.tables import LN10, NONE, NGramModel
 
 log = logging.getLogger(__name__)
 
 
-class NGramNet(nn.Module):
+class NGramNet(LanguageModelNet):
     """An order-N count-based LM over ``vocab_size`` ids; ``tables`` is None until fitted."""
 
-    train_window: int | None = None
+    #: the language-modeling task counts it once instead of running a training loop
+    count_based = True
 
     def __init__(
         self,
@@ -86,7 +89,7 @@ class NGramNet(nn.Module):
         if not Path(self.arpa_path).is_file():  # checked here: a checkpoint needs it not
             raise UserError(f"model.arpa_path: no such file '{self.arpa_path}'")
         if vocab is None:
-            raise UserError("NGramLM with arpa_path needs the vocabulary (model.vocab)")
+            raise UserError("model=ngram with model.arpa_path needs the dataset's vocabulary")
         self.tables = load_arpa(self.arpa_path, vocab, self.order)
         if self.tables.order < self.order:
             log.warning(
@@ -108,6 +111,23 @@ class NGramNet(nn.Module):
     def num_parameters(self) -> int:
         """Stored probabilities and backoffs (an n-gram model's parameters; 0 before fitting)."""
         return 0 if self.tables is None else self.tables.num_values()
+
+    def stream_nll(self, stream) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the NLL sum in float64, the scored tokens) of ``stream`` read as one column."""
+        lp = self.model().score_stream(stream)  # log10 p of every token
+        return torch.tensor(-lp.sum() * LN10, dtype=torch.float64), torch.tensor(len(lp))
+
+    # --- checkpoints: the tables as plain tensors (weights_only loads) --------------------------
+    def save_tables(self, checkpoint: dict) -> None:
+        if self.fitted:
+            checkpoint["ngram"] = self.tables.state_dict()
+
+    def load_tables(self, checkpoint: dict) -> None:
+        if "ngram" in checkpoint:
+            self.tables = NGramModel.from_state_dict(checkpoint["ngram"])
+        elif "ngram_columns" in checkpoint:  # saved inside a counting pass by an older version
+            columns = [c.numpy() for part in checkpoint["ngram_columns"] for c in part]
+            self.tables = train_ngram(columns, self.vocab_size, self.order, self.smoothing, self.k)
 
     # --- scoring ------------------------------------------------------------------------------
     def init_state(self, batch_size: int, device=None) -> torch.Tensor:
