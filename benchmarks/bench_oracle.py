@@ -1,5 +1,5 @@
 """The embedded corpus's goal (issue 3): on the default synthetic corpus a tuned LSTM gets within
-3% of the oracle perplexity in under 5 minutes of CPU training, while a 5-gram stays at least 5%
+1% of the oracle perplexity in at most 5 minutes of CPU training, while a 5-gram stays at least 5%
 above it -- unbounded context against a fixed window.
 
     python -m benchmarks.run oracle           # experiment=oracle_gap: the 5-gram and the LSTM
@@ -24,12 +24,12 @@ def run(quick: bool = False) -> str:
     verdicts = []
     if rows.get("lstm", {}).get("test_ppl_ratio") and rows.get("ngram", {}).get("test_ppl_ratio"):
         lstm, ngram = rows["lstm"], rows["ngram"]
-        lstm_ok = float(lstm["test_ppl_ratio"]) <= 1.03 and float(lstm["train_seconds"]) < 300
+        lstm_ok = float(lstm["test_ppl_ratio"]) <= 1.01 and float(lstm["train_seconds"]) <= 300
         ngram_ok = float(ngram["test_ppl_ratio"]) >= 1.05
         verdicts = [
             f"- LSTM: test perplexity {float(lstm['test_ppl_ratio']):.3f} x the oracle after "
             f"{float(lstm['train_seconds']):.0f} s of training on one CPU thread "
-            f"(goal: <= 1.03 in < 300 s): {'met' if lstm_ok else 'not met'}.",
+            f"(goal: <= 1.01 in <= 300 s): {'met' if lstm_ok else 'not met'}.",
             f"- 5-gram (interpolated modified Kneser-Ney): {float(ngram['test_ppl_ratio']):.3f} x the "
             f"oracle (goal: >= 1.05): {'met' if ngram_ok else 'not met'}.",
         ]

@@ -9,6 +9,7 @@ accounting, its table taken from the sweep's ``comparison.md``.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 TITLE = "Architecture comparison (experiment=compare_architectures)"
 ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ROOT / "benchmarks" / "figures"  # committed copies of a full run's plots (logs/ is not)
 
 QUICK = [
     "dataset.train_tokens=5000",
@@ -50,7 +52,21 @@ def sweep(experiment: str, quick: bool = False) -> tuple[str, float, int, Path]:
         tail = "\n".join((result.stderr or result.stdout).splitlines()[-20:])
         return f"The sweep wrote no comparison:\n\n```\n{tail}\n```\n", seconds, 1, sweep_dir
     table = report.read_text().split("\n", 2)[2]  # without the '# Comparison: <dir>' heading
+    if not quick:
+        table += figures(experiment, sweep_dir)
     return table, seconds, result.returncode, sweep_dir
+
+
+def figures(experiment: str, sweep_dir: Path) -> str:
+    """Copy the sweep's plots beside RESULTS.md and link them."""
+    FIGURES.mkdir(exist_ok=True)
+    links = []
+    for name in ("comparison.png", "comparison_by_distance.png"):
+        if (sweep_dir / name).is_file():
+            target = FIGURES / f"{experiment}_{name}"
+            shutil.copyfile(sweep_dir / name, target)
+            links.append(f"![{name}](figures/{target.name})")
+    return "\n" + "\n\n".join(links) + "\n" if links else ""
 
 
 def run(quick: bool = False) -> str:
@@ -60,8 +76,9 @@ def run(quick: bool = False) -> str:
         f"Every architecture trained on {size}, on the same splits and token accounting; "
         f"perplexities on the test split, the oracle being the generator's own perplexity "
         f"(the best possible). The whole sweep took {seconds:,.0f} s "
-        f"(exit status {status}); per-epoch validation curves are in "
-        f"`{sweep_dir.relative_to(ROOT)}/comparison.png`.\n\n{table}"
+        f"(exit status {status}); the plots (intervals, validation curves, the Pareto panels of "
+        "perplexity against parameters and training time, and the excess over the oracle by "
+        f"distance) follow the tables.\n\n{table}"
     )
 
 

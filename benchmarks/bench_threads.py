@@ -23,6 +23,7 @@ TITLE = "Intra-op threads: 1 vs all cores vs auto, quiet and busy machine"
 
 MODELS = {  # name: (cell, layers, hidden, vocabulary)
     "small (RNNLM 1x128, V=300)": ("RNN", 1, 128, 300),
+    "medium (LSTM 2x200, V=6000)": ("LSTM", 2, 200, 6_000),
     "large (LSTM 2x650, V=10000)": ("LSTM", 2, 650, 10_000),
 }
 
@@ -54,7 +55,8 @@ for _ in range(2):
 start = time.perf_counter()
 for _ in range(steps):
     step()
-print(json.dumps({"steps_per_s": steps / (time.perf_counter() - start), "threads": chosen}))
+rate = steps / (time.perf_counter() - start)
+print(json.dumps({"steps_per_s": rate, "threads": chosen, "params": params}))
 """
 
 
@@ -82,30 +84,30 @@ def run(quick: bool = False) -> str:
     lines = [
         f"{steps} timed steps a measurement, batch [20, 35], SGD; {cores} cores.",
         "",
-        "| model | machine | 1 thread | all cores | auto (threads) |",
-        "|---|---|---:|---:|---:|",
+        "| model | parameters | machine | 1 thread | all cores | auto (threads) |",
+        "|---|---:|---|---:|---:|---:|",
     ]
-    for name, model in MODELS.items():
-        if quick:
-            model = (model[0], 1, 32, 50)
-        for machine in ("quiet", "busy"):
-            spinner = busy_core() if machine == "busy" else None
-            try:
-                if spinner:
-                    time.sleep(0 if quick else 65)  # let the 1-minute load average see it
+    rows = {}
+    for machine in ("quiet", "busy"):  # every quiet row, then every busy one under one spinner
+        spinner = busy_core() if machine == "busy" else None
+        try:
+            if spinner:
+                time.sleep(0 if quick else 65)  # let the 1-minute load average see it
+            for name, model in MODELS.items():
+                if quick:
+                    model = (model[0], 1, 32, 50)
                 one = measure(model, 1, steps)
                 every = measure(model, cores, steps)
                 auto = measure(model, "auto", steps)
-            finally:
-                if spinner:
-                    spinner.kill()
-                    spinner.wait()
-            lines.append(
-                f"| {name} | {machine} | {one['steps_per_s']:.1f} | {every['steps_per_s']:.1f} "
-                f"| {auto['steps_per_s']:.1f} ({auto['threads']}) |"
-            )
-        if not quick:
-            time.sleep(65)  # the load average forgets the spinner before the next quiet row
+                rows[name, machine] = (
+                    f"| {name} | {one['params']:,} | {machine} | {one['steps_per_s']:.1f} | "
+                    f"{every['steps_per_s']:.1f} | {auto['steps_per_s']:.1f} ({auto['threads']}) |"
+                )
+        finally:
+            if spinner:
+                spinner.kill()
+                spinner.wait()
+    lines += [rows[name, machine] for name in MODELS for machine in ("quiet", "busy")]
     lines += [
         "",
         "Steps per second (higher is better). `auto` should never be far below the best column "

@@ -9,20 +9,18 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from lm_experiments import validation
-from lm_experiments.errors import UserError
+from lm_experiments.errors import RunInterrupted, UserError
 from lm_experiments.locations import conf_dir
 from lm_experiments.runtime.ddp import (
     ddp_job_argv,
     is_ddp_child,
     isolated_ddp_job,
+    process_rank,
     rerun_as_ddp_child,
 )
-from lm_experiments.runtime.signals import RunInterrupted
-from lm_experiments.train import objective, train
 from lm_experiments.utils import print_config_tree
 
 log = logging.getLogger("lm_experiments")
@@ -32,11 +30,14 @@ run_log = logging.getLogger("lm_experiments.run_log")  # the run's log file only
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def main(cfg: DictConfig) -> float:
     validation.app_started()  # Hydra composed the config: stderr is the run's
-    rank_zero = rank_zero_only.rank == 0  # DDP ranks > 0 run the same job, silently
+    rank_zero = process_rank() == 0  # DDP ranks > 0 run the same job, silently
     try:
         validation.check_config(cfg)  # one line for a missing or out-of-range value
         if cfg.get("print_config", True) and rank_zero:
             print_config_tree(cfg)
+        # torch and Lightning take seconds to import: only once the config is known to be good
+        from lm_experiments.train import objective, train
+
         # DDP ranks 1..N-1 (started by Lightning) rerun exactly this job, not the sweep
         with isolated_ddp_job(ddp_job_argv()):
             metrics = train(cfg)

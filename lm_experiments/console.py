@@ -3,17 +3,16 @@
 Removed here, each matched by its exact text so that nothing else is hidden:
 Lightning's advertising tips (litlogger, litmodels), torch's ``LeafSpec`` deprecation warning that
 Lightning's ``_pytree`` triggers on every fit and test, and wandb's ``anonymous setting`` warning,
-which Lightning's ``WandbLogger`` causes by always passing ``anonymous=None``.
+which Lightning's ``WandbLogger`` causes by always passing ``anonymous=None`` (``loggers.py``).
+Importing this module imports no framework: ``lm_experiments`` installs the filters on import, and
+a command that stops at a configuration error should answer in a second, not after Lightning's
+import.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-
-from lightning.pytorch.loggers import WandbLogger
-
-from lm_experiments.runtime.compat import drop_wandb_anonymous
 
 TIPS = ("💡 Tip:",)
 WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
@@ -31,12 +30,3 @@ def quiet() -> None:
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
         rank_zero.addFilter(_DropTips())
-
-
-class QuietWandbLogger(WandbLogger):
-    """Lightning's WandbLogger without the ``anonymous=None`` it hands ``wandb.init`` (wandb warns
-    about any value of that deprecated setting; ``runtime/compat.py`` touches the private part)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        drop_wandb_anonymous(self)

@@ -17,6 +17,9 @@ import platformdirs
 
 PACKAGE = Path(__file__).resolve().parent
 APP = "lm-experiments"
+#: in a failed job's run directory: why it failed (runtime/hydra_callbacks.py writes it, the
+#: comparison report reads it)
+ERROR_FILE = "error.txt"
 
 
 def checkout_root() -> Path | None:

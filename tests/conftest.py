@@ -181,12 +181,14 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], cwd: Path, module: str = "lm_experiments", timeout: int = 240):
-    """Run ``python -m <module> ...`` in a subprocess, as a user would."""
+def run_cli(
+    args: list[str], cwd: Path, module: str = "lm_experiments", timeout: int = 240, python=()
+):
+    """Run ``python [python options] -m <module> ...`` in a subprocess, as a user would."""
     env = cli_env()
     env.setdefault("LM_EXPERIMENTS_HOME", str(cwd))  # default run dirs under the test's folder
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *python, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -260,6 +260,15 @@ def test_configuration_mistakes_are_one_line_naming_the_key(tmp_path, toy_corpus
     assert not list(tmp_path.glob("logs/**/metrics.json"))  # refused before anything ran
 
 
+def test_a_configuration_mistake_is_refused_before_torch_is_imported(tmp_path, toy_corpus):
+    """The config checks run before the frameworks' import (seconds), so a typo answers at once."""
+    result = run_cli(["model.hidden_dim=0"], cwd=tmp_path, python=["-X", "importtime"])
+    assert result.returncode == 2 and "model.hidden_dim must be" in result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "lm_experiments.validation" in imported
+    assert not {"torch", "lightning", "datasets"} & imported
+
+
 def test_eval_takes_the_family_from_the_checkpoint(trained_run, tmp_path, toy_corpus):
     run_dir, _ = trained_run
     trained = json.loads((run_dir / "metrics.json").read_text())

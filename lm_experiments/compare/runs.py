@@ -22,8 +22,8 @@ import yaml
 
 from lm_experiments.compare.scores import read_scores, scores_path
 from lm_experiments.errors import UserError
+from lm_experiments.locations import ERROR_FILE
 
-ERROR_FILE = "error.txt"  # written by callbacks.ComparisonReport.on_job_end when a job raises
 CSV_METRICS = Path("csv") / "metrics.csv"  # conf/logger/csv.yaml: save_dir=run dir, name=csv
 SEED_KEYS = {"seed"}  # the overrides that make a rerun of the same configuration
 

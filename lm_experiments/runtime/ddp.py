@@ -24,8 +24,6 @@ import os
 import sys
 from contextlib import contextmanager
 
-import torch.distributed as dist
-
 from lm_experiments.runtime.compat import LAUNCHER_ENV, launched_by_lightning
 
 DDP_JOB = "LM_EXPERIMENTS_DDP_JOB"
@@ -72,6 +70,15 @@ def is_ddp_child() -> bool:
     return parent != os.getpid() and launched_by_lightning()
 
 
+def process_rank() -> int:
+    """This process's global rank, from the variables every launcher sets (Lightning's, torchrun,
+    SLURM), the ones Lightning's ``rank_zero_only`` reads; read without importing Lightning."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
 def rerun_as_ddp_child() -> None:
     """In a rank > 0 process started by Lightning, run rank 0's job instead of the command line
     Lightning built (call before Hydra parses ``sys.argv``)."""
@@ -86,6 +93,8 @@ _DDP_ENV = (*LAUNCHER_ENV, DDP_JOB)
 def isolated_ddp_job(child_argv: list[str] | None = None):
     """One job's DDP world: children rerun ``child_argv``; afterwards the process group is
     destroyed and the environment restored, so that the next job of a sweep starts a new one."""
+    import torch.distributed as dist  # here: a command that stops at a config error never imports torch
+
     saved = {key: os.environ.get(key) for key in _DDP_ENV}
     owns_group = not (dist.is_available() and dist.is_initialized())
     if child_argv is not None and not is_ddp_child():

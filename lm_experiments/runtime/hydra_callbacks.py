@@ -37,8 +37,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lm_experiments.compare import ERROR_FILE
 from lm_experiments.errors import UserError
+from lm_experiments.locations import ERROR_FILE
 from lm_experiments.runtime.compat import job_exception
 
 log = logging.getLogger(__name__)

@@ -45,6 +45,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lm_experiments.data.sampler import training_position
+from lm_experiments.errors import RunInterrupted
 from lm_experiments.runtime import compat
 from lm_experiments.runtime.resume import (
     gather_per_rank,
@@ -61,26 +62,6 @@ log = logging.getLogger(__name__)
 # Lightning warns on every mid-epoch resume unless the DataLoader itself is stateful; ours resumes
 # through the data module's state (data/sampler.py), which that check cannot see
 warnings.filterwarnings("ignore", message=compat.MID_EPOCH_RESUME_WARNING)
-
-
-class RunInterrupted(Exception):
-    """Training stopped on a signal after saving a resumable checkpoint."""
-
-    def __init__(self, signum: int, ckpt_path: str | None, position: dict | None = None):
-        self.signum, self.ckpt_path = signum, ckpt_path
-        self.exit_code = 128 + signum  # the shell's convention for "killed by signal"
-        name = signal.Signals(signum).name
-        where = (
-            f" after batch {position['batches']} of epoch {position['epoch']}" if position else ""
-        )
-        if ckpt_path:
-            message = (
-                f"stopped by {name}{where}; resumable checkpoint: {ckpt_path} "
-                f"(continue with ckpt_path={ckpt_path})"
-            )
-        else:
-            message = f"stopped by {name}{where}; no checkpoint was written"
-        super().__init__(message)
 
 
 class CheckpointOnSignal(L.Callback):
