@@ -121,7 +121,7 @@ def run(quick: bool = False) -> str:
         "(`models/ngram/memory.py`); each figure is the best of 2 runs in one process. On this "
         "VM the step exponents vary by about 0.1 from run to run (once by 0.3): fresh memory is "
         "slow to fault in (about 1.8 s per GiB on first touch) and the 16M estimate touches "
-        "2.8 GB; the last ratio of time / (n log n), over the whole 1M -> 16M range, is the "
+        "well over a GB (the peak column); the last ratio of time / (n log n), over the whole 1M -> 16M range, is the "
         "steadier figure.",
     ]
     return "\n".join(out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from lm_experiments.train import train
 
 TITLE = "Pretraining: accuracy against labelled sentences, random vs LM-initialised encoder"
 ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ROOT / "benchmarks" / "figures"
 MODEL = ["model=lstm", "model.embedding_dim=64", "model.hidden_dim=128", "threads=1"]
 TASKS = {"word class (tag)": ["task=tag"], "verb class": ["task=classify", "task.label=verb_class"]}
 FULL = {"sizes": (100, 1_000, 10_000), "tasks": TASKS, "lm_epochs": 6, "steps": 1500, "corpus": []}
@@ -141,14 +143,17 @@ def run(quick: bool = False) -> str:
             line, results.setdefault(task, {})[n] = row(task, n, scratch, warm)
             lines.append(line)
     plot(results, out / "pretraining.png")
+    figure = f"{out.relative_to(ROOT)}/pretraining.png"
+    if not quick:  # a committed copy beside RESULTS.md (logs/ is not committed)
+        FIGURES.mkdir(exist_ok=True)
+        shutil.copyfile(out / "pretraining.png", FIGURES / "pretraining.png")
+        figure = "benchmarks/figures/pretraining.png"
     size = "a 3k-token corpus, 1-2 epochs (--quick)" if quick else "the default synthetic corpus"
     return (
         f"The LSTM encoder (embedding 64, hidden 128, 2 layers) on {size}: the LM trained on all "
         f"train text, then each labelled budget trained from a random start and from the LM "
         f"(fine-tuned). Test accuracy, 95% bootstrap intervals over test sentences (the gain's "
-        f"paired); one seed each. Plot: `{out.relative_to(ROOT)}/pretraining.png`.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        f"paired); one seed each. Plot: `{figure}`.\n\n" + "\n".join(lines) + "\n"
     )
 
 

@@ -3,9 +3,12 @@
 On a busy machine OpenMP's threads spin-wait for a core that another process holds, and a small
 model then runs many times slower on two threads than on one (measured on the project's 2-core
 VM with one other process: 158 -> 1.4 batches/s). So ``auto`` counts the cores that are actually
-free (the process's CPU affinity less the 1-minute load average) and gives a model more than one
-thread only when it is large enough to gain from them (``PARAMS_PER_THREAD``; see
-``benchmarks/bench_threads.py``, which measures the cliff and the gain). Processes that share a
+free (the process's CPU affinity less the cores busy right now, sampled from ``/proc/stat`` over
+a fifth of a second; the 1-minute load average where that is unreadable) and gives a model more
+than one thread only when it is large enough to gain from them (``PARAMS_PER_THREAD``; see
+``benchmarks/bench_threads.py``, which measures the cliff and the gain). The load average alone
+lags by a minute: a sweep's next job would count its own finished predecessor as another
+process and run a large model on one thread (measured: 1.8x slower). Processes that share a
 node (DDP ranks) share its free cores. ``OMP_NUM_THREADS``, when set, is the user's choice and
 ``auto`` keeps it.
 """
@@ -13,13 +16,16 @@ node (DDP ranks) share its free cores. ``OMP_NUM_THREADS``, when set, is the use
 from __future__ import annotations
 
 import os
+import time
 
 import lightning as L
 import torch
 
 #: parameters a thread must have to itself before a second one pays for its synchronisation
-#: (provisional: benchmarks/bench_threads.py measures it; small models gain nothing from threads)
-PARAMS_PER_THREAD = 2_000_000
+#: (benchmarks/bench_threads.py, 2 cores: a 0.1M-parameter RNNLM gains nothing from a second
+#: thread, 2.5M- and 3M-parameter models gain 1.8-1.9x; so a second thread from 2M parameters)
+PARAMS_PER_THREAD = 1_000_000
+SAMPLE_SECONDS = 0.2  # how long free_cores watches /proc/stat
 
 
 def available_cores() -> int:
@@ -30,14 +36,40 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_times(stat: str) -> tuple[float, float]:
+    """(all, idle) jiffies summed over the machine's CPUs, from the first line of /proc/stat:
+    ``cpu user nice system idle iowait irq softirq steal ...``."""
+    fields = [float(x) for x in stat.split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[3] + fields[4]  # steal counts as busy: another VM has it
+
+
+def busy_between(before: str, after: str, cpus: int) -> float:
+    """How many of the machine's ``cpus`` were busy between two readings of /proc/stat."""
+    (all_0, idle_0), (all_1, idle_1) = cpu_times(before), cpu_times(after)
+    elapsed = all_1 - all_0
+    return 0.0 if elapsed <= 0 else cpus * (1 - (idle_1 - idle_0) / elapsed)
+
+
+def busy_cores() -> float:
+    """Cores kept busy by other processes now (this one waits while it samples)."""
+    try:
+        with open("/proc/stat") as f:
+            before = f.read()
+        time.sleep(SAMPLE_SECONDS)
+        with open("/proc/stat") as f:
+            after = f.read()
+        return busy_between(before, after, os.cpu_count() or 1)
+    except (OSError, ValueError, IndexError):  # not Linux: the load average
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return 0.0
+
+
 def free_cores() -> int:
     """Cores not already kept busy by other processes, at least one."""
     cores = available_cores()
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
+    return max(1, min(cores, round(cores - busy_cores())))
 
 
 def auto_threads(num_parameters: int, processes: int = 1, free: int | None = None) -> int:

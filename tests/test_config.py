@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import hydra
 import lightning as L
@@ -105,6 +106,19 @@ def test_debug_choices_compose(tmp_path, cache_dir, debug):
     assert cfg.logger is None
 
 
+def test_busy_cores_are_read_from_two_samples_of_proc_stat():
+    from lm_experiments import threads
+
+    # cpu user nice system idle iowait irq softirq steal: 100 jiffies pass on 2 CPUs
+    before = "cpu  1000 0 200 5000 100 0 0 0 0 0\ncpu0 ...\n"
+    one_busy = "cpu  1040 0 210 5048 102 0 0 0 0 0\n"  # 50 of 100 jiffies busy
+    steal = "cpu  1000 0 200 5050 100 0 0 50 0 0\n"  # another VM ran on one: busy for us
+    assert threads.busy_between(before, one_busy, cpus=2) == pytest.approx(1.0)
+    assert threads.busy_between(before, steal, cpus=2) == pytest.approx(1.0)
+    assert threads.busy_between(before, before, cpus=2) == 0.0
+    assert 0.0 <= threads.busy_cores() <= (os.cpu_count() or 1) + 1e-9  # the real file parses
+
+
 def test_threads_auto_never_gives_a_small_model_more_than_one_thread(monkeypatch):
     from lm_experiments import threads
 
@@ -114,10 +128,11 @@ def test_threads_auto_never_gives_a_small_model_more_than_one_thread(monkeypatch
     assert threads.auto_threads(big, free=1) == 1  # a busy machine: no spin-waiting threads
     assert threads.auto_threads(big, free=4) == 4
     assert threads.auto_threads(big, processes=2, free=4) == 2  # DDP ranks share the node
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(threads, "busy_cores", lambda: 1.0)
     monkeypatch.setattr(threads, "available_cores", lambda: 2)
     assert threads.free_cores() == 1  # one of two cores is taken by another process
     assert threads.auto_threads(big) == 1
+    assert threads.auto_threads(2 * threads.PARAMS_PER_THREAD, free=2) == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads.auto_threads(big, free=1) == 3  # the user's explicit choice
     assert threads.resolve(2, 10) == 2
