@@ -175,7 +175,7 @@ def test_console_is_quiet_and_the_log_file_holds_the_run(trained_run):
 
 
 def test_wandb_logger_passes_no_deprecated_anonymous_setting(tmp_path):
-    from lm_experiments.console import QuietWandbLogger
+    from lm_experiments.loggers import QuietWandbLogger
 
     logger = QuietWandbLogger(save_dir=str(tmp_path), offline=True, project="p")
     assert "anonymous" not in logger._wandb_init
