@@ -26,6 +26,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from benchmarks.bench_sweep import FIGURES
 from lm_experiments.compare import bootstrap
 from lm_experiments.compare.scores import read_scores, scores_path
 from lm_experiments.locations import conf_dir
@@ -33,7 +34,6 @@ from lm_experiments.train import train
 
 TITLE = "Pretraining: accuracy against labelled sentences, random vs LM-initialised encoder"
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ROOT / "benchmarks" / "figures"
 MODEL = ["model=lstm", "model.embedding_dim=64", "model.hidden_dim=128", "threads=1"]
 TASKS = {"word class (tag)": ["task=tag"], "verb class": ["task=classify", "task.label=verb_class"]}
 FULL = {"sizes": (100, 1_000, 10_000), "tasks": TASKS, "lm_epochs": 6, "steps": 1500, "corpus": []}
