@@ -28,9 +28,11 @@ QUICK = [
 ]
 
 
-def sweep(experiment: str, quick: bool = False) -> tuple[str, float, int, Path]:
-    """Run ``-m experiment=<experiment>``; return its comparison table (or the error's tail),
-    the seconds it took, its exit status and its directory."""
+def sweep(
+    experiment: str, quick: bool = False, overrides: tuple[str, ...] = ()
+) -> tuple[str, float, int, Path]:
+    """Run ``-m experiment=<experiment> <overrides>``; return its comparison table (or the
+    error's tail), the seconds it took, its exit status and its directory."""
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     sweep_dir = ROOT / "logs" / f"bench_{experiment}" / f"{stamp}{'_quick' if quick else ''}"
     command = [
@@ -43,6 +45,7 @@ def sweep(experiment: str, quick: bool = False) -> tuple[str, float, int, Path]:
         "trainer.enable_progress_bar=false",
         f"hydra.sweep.dir={sweep_dir}",
         *(QUICK if quick else []),
+        *overrides,
     ]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
