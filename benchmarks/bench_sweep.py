@@ -50,14 +50,21 @@ def sweep(
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    report = sweep_dir / "comparison.md"
-    if not report.is_file():
+    table = comparison_table(experiment, sweep_dir, quick)
+    if table is None:
         tail = "\n".join((result.stderr or result.stdout).splitlines()[-20:])
         return f"The sweep wrote no comparison:\n\n```\n{tail}\n```\n", seconds, 1, sweep_dir
-    table = report.read_text().split("\n", 2)[2]  # without the '# Comparison: <dir>' heading
-    if not quick:
-        table += figures(experiment, sweep_dir)
     return table, seconds, result.returncode, sweep_dir
+
+
+def comparison_table(experiment: str, sweep_dir: Path, quick: bool = False) -> str | None:
+    """A finished sweep's ``comparison.md`` without its heading, and (a full run's) plots;
+    None when the sweep wrote no comparison."""
+    report = sweep_dir / "comparison.md"
+    if not report.is_file():
+        return None
+    table = report.read_text().split("\n", 2)[2]  # without the '# Comparison: <dir>' heading
+    return table if quick else table + figures(experiment, sweep_dir)
 
 
 def figures(experiment: str, sweep_dir: Path) -> str:

@@ -77,18 +77,23 @@ def main(argv: list[str] | None = None) -> None:
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"== {module.TITLE}", flush=True)
         body = module.run(quick=args.quick)
-        stamp = (
-            f"_Machine: {machine()}. Command: `python -m benchmarks.run {name.removeprefix('bench_')}"
-            f"{' --quick' if args.quick else ''}` at commit {commit()}. "
-            f"Date: {dt.date.today().isoformat()}._"
-        )
-        section = f"## {module.TITLE}\n\n{stamp}\n\n{body.strip()}\n"
-        print(section, flush=True)
-        # read just before writing: another section may have been written meanwhile
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        text = replace_section(text, name, section)
-        RESULTS.write_text(text)  # after each section: a later failure keeps the earlier ones
+        command = f"python -m benchmarks.run {name.removeprefix('bench_')}"
+        write_section(name, module.TITLE, body, command + (" --quick" if args.quick else ""))
     print(f"wrote {RESULTS}", file=sys.stderr)
+
+
+def write_section(name: str, title: str, body: str, command: str) -> None:
+    """Stamp a section with the machine, the command, the commit and the date; write it into
+    RESULTS.md in place of its earlier version."""
+    stamp = (
+        f"_Machine: {machine()}. Command: `{command}` at commit {commit()}. "
+        f"Date: {dt.date.today().isoformat()}._"
+    )
+    section = f"## {title}\n\n{stamp}\n\n{body.strip()}\n"
+    print(section, flush=True)
+    # read just before writing: another section may have been written meanwhile
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    RESULTS.write_text(replace_section(text, name, section))  # a later failure keeps this one
 
 
 if __name__ == "__main__":
