@@ -67,7 +67,7 @@ def test_each_family_gets_its_own_settings_for_the_corpus(experiment):
 def test_the_lstm_is_the_regularised_one(experiment):
     lstm = composed(f"experiment={experiment}", "model=lstm").model
     assert lstm.tie_weights and lstm.embedding_dim == lstm.hidden_dim >= 200
-    assert lstm.num_layers == 2 and lstm.dropout >= 0.4  # Zaremba et al.'s medium: 0.5
+    assert lstm.num_layers == 2 and lstm.dropout >= 0.3  # Zaremba et al.'s medium: 0.5
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
