@@ -23,9 +23,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from benchmarks.bench_sweep import ROOT, comparison_table, sweep
-from lm_experiments.compare import bootstrap
 from lm_experiments.compare.runs import find_runs
-from lm_experiments.compare.table import compare
+from lm_experiments.compare.table import compare, paired_interval
 
 TITLE = "Real text: PTB-mini and WT2-mini beside the published tables"
 SHARED = ROOT.parent / "shared" / "data"
@@ -56,19 +55,17 @@ QUICK = ("trainer.max_epochs=1", "trainer.limit_train_batches=5", "callbacks=non
 
 
 def paired_to_baseline(sweep_dir: Path) -> dict[str, dict]:
-    """Per family: the test ppl, its interval, and the paired ratio to the 5-gram with its
-    interval (the same resampled test sentences for both)."""
+    """Per family: the test ppl with its interval, and the paired ratio to the 5-gram with its
+    interval (``compare.table.paired_interval``: the same resampled test sentences for both)."""
     comparison = compare(find_runs(sweep_dir))
     base = next((g for g in comparison.groups if g.row["model"] == BASELINE), None)
     out = {}
     for group in comparison.groups:
-        row = {k: group.row.get(k) for k in ("test_ppl", "test_ppl_lo", "test_ppl_hi", "epochs")}
-        row["train_seconds"] = group.row.get("train_seconds")
-        if base is not None and group.replicates is not None and base.replicates is not None:
+        row = {k: group.row[k] for k in ("test_ppl", "test_ppl_lo", "test_ppl_hi")}
+        paired = paired_interval(group, base) if base is not None else None
+        if paired is not None:
             row["ratio"] = group.row["test_ppl"] / base.row["test_ppl"]
-            row["ratio_lo"], row["ratio_hi"] = map(
-                float, bootstrap.interval(group.replicates / base.replicates)
-            )
+            row["ratio_lo"], row["ratio_hi"] = paired
         out[group.row["model"]] = row
     return out
 

@@ -237,12 +237,23 @@ def attach_ratios(groups: list[Group], metric: Metric) -> None:
         if best.replicates is None:
             row["note"] = "the best run has no score file: no paired ratio"
             continue
-        if group is not best and not same_sentences(group, best):
+        paired = paired_interval(group, best)
+        if paired is None:
             row["note"] = "scored other sentences than the best run: no paired ratio"
             continue
-        lo, hi = bootstrap.interval(group.replicates / best.replicates)
-        row.update(ratio_lo=float(lo), ratio_hi=float(hi))
-        row["significant"] = bootstrap.excludes(float(lo), float(hi))
+        row.update(ratio_lo=paired[0], ratio_hi=paired[1])
+        row["significant"] = bootstrap.excludes(*paired)
+
+
+def paired_interval(group: Group, reference: Group) -> tuple[float, float] | None:
+    """The 95% interval of ``group``'s metric over ``reference``'s, paired (both replicates come
+    from the same sentence resamples); None without score files or on other sentences."""
+    if group.replicates is None or reference.replicates is None:
+        return None
+    if group is not reference and not same_sentences(group, reference):
+        return None
+    lo, hi = bootstrap.interval(group.replicates / reference.replicates)
+    return float(lo), float(hi)
 
 
 def same_sentences(a: Group, b: Group) -> bool:
