@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lm_experiments.data import EOS_ID, IGNORE_INDEX, UNK_ID, LMDataModule, Vocabulary
-from lm_experiments.data.batching import ColumnBatches, WindowBatches, sentence_columns
+from lm_experiments.data.batching import ColumnBatches, WindowBatches, column_bounds
 from lm_experiments.errors import UserError
 
 
@@ -68,7 +68,7 @@ def random_stream(n_sentences: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("columns", [1, 3, 7, 64])
 def test_columns_score_every_token_exactly_once(columns):
     stream = random_stream(40)
-    inputs, targets = sentence_columns(stream, columns)
+    inputs, targets = ColumnBatches(stream, columns, bptt=len(stream))[0]  # [C, L]: all of it
     scored = targets[targets != IGNORE_INDEX]
     assert scored.numel() == len(stream)  # nothing dropped, nothing scored twice
     # row-major reading of the scored targets is the stream itself
@@ -78,6 +78,36 @@ def test_columns_score_every_token_exactly_once(columns):
     # a target is the next input of the same column
     valid = targets[:, :-1] != IGNORE_INDEX
     assert torch.equal(targets[:, :-1][valid], inputs[:, 1:][valid])
+
+
+@pytest.mark.parametrize("columns", [1, 2, 5, 9])
+def test_columns_start_at_the_sentence_start_at_or_after_their_share(columns):
+    """Sentences far longer than the scan's first chunk (4096 tokens): the cut is still the
+    first sentence start at or after c * n / C (or the last one, when none is), as a full scan
+    of the stream finds it."""
+    rng = np.random.default_rng(columns)
+    lengths = [3, 9000, 2, 5000, 17000, 4, 6000]
+    stream = np.concatenate([np.append(rng.integers(2, 50, k), EOS_ID) for k in lengths])
+    n = len(stream)
+    starts = np.flatnonzero(np.concatenate([[EOS_ID], stream[:-1]]) == EOS_ID)  # full scan
+    expected = set()
+    for c in range(columns):
+        later = starts[starts >= c * n / columns]
+        expected.add(int(later[0]) if len(later) else int(starts[-1]))
+    bounds = column_bounds(stream, columns)
+    assert bounds[: len(expected), 0].tolist() == sorted(expected)
+    assert bounds[:, 1].tolist() == [*bounds[1:, 0].tolist(), n]  # contiguous, to the end
+
+
+def test_batches_read_the_stream_in_place(tmp_path):
+    """A memory-mapped stream is read batch by batch, never copied whole (a 100M-token split
+    would need 1.2 GB of copies before the first batch)."""
+    np.save(tmp_path / "train.npy", random_stream(200).astype(np.int32))
+    stream = np.load(tmp_path / "train.npy", mmap_mode="r")
+    columns, windows = ColumnBatches(stream, 4, bptt=5), WindowBatches(stream, window=3)
+    assert np.shares_memory(columns.stream, stream) and np.shares_memory(windows.stream, stream)
+    inputs, targets = columns[0]
+    assert inputs.dtype == targets.dtype == torch.int64 and inputs.shape == (4, 5)
 
 
 def test_columns_are_shared_out_contiguously_across_ranks():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm_experiments.data.batching import WindowBatches, sentence_columns
+from lm_experiments.data.batching import ColumnBatches, WindowBatches
 from lm_experiments.data.vocab import EOS_ID
 from lm_experiments.errors import UserError
 from lm_experiments.models.net import LanguageModelNet
@@ -83,7 +83,7 @@ def test_training_windows_score_what_evaluation_columns_score():
     contexts, targets = windows.__getitems__(list(range(len(windows))))  # [40, 4], [40, 1]
     with torch.no_grad():
         train_nll, _ = lm.token_nll(contexts, targets, lm.init_state(len(contexts)))
-        inputs, column_targets = sentence_columns(stream, 1)  # one column: the whole split
+        inputs, column_targets = ColumnBatches(stream, 1, bptt=len(stream))[0]  # the whole split
         eval_nll, _ = lm.token_nll(inputs, column_targets, lm.init_state(1))
     assert torch.allclose(train_nll[:, 0], eval_nll[0], atol=1e-5)
 

@@ -24,32 +24,52 @@ from torch.utils.data import Dataset
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX
 
 
-def sentence_columns(stream: np.ndarray, num_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Arrange a split into ``num_columns`` padded columns of (inputs, targets).
+def _first_start_from(stream: np.ndarray, position: int) -> int | None:
+    """The first input position >= ``position`` that opens a sentence, or None if none does.
 
-    ``stream`` holds the split's ids, one ``<eos>`` after every sentence. Returns two tensors
-    ``[num_columns, L]`` of the stream's integer type (int32 from the data module: half the
-    memory of int64 for a 100M-token split); ``targets[c, t]`` is the token after ``inputs[c, t]``.
+    Input position p (in the split with a leading ``<eos>``) opens a sentence when p == 0 or
+    ``stream[p - 1]`` is ``<eos>``, and p < len(stream). Scans forward in growing chunks, so
+    cutting C columns reads about C sentences, not the whole stream.
     """
-    stream = np.asarray(stream)
-    dtype = np.int32 if stream.dtype == np.int32 else np.int64
-    # a writable copy, with a leading <eos>: the start context
-    full = np.concatenate([np.array([EOS_ID], dtype), np.asarray(stream, dtype)])
+    if position <= 0:
+        return 0
+    i, chunk, last = position - 1, 4096, len(stream) - 1  # stream[i] is <eos> -> p = i + 1
+    while i < last:
+        hits = np.flatnonzero(np.asarray(stream[i : min(i + chunk, last)]) == EOS_ID)
+        if len(hits):
+            return i + int(hits[0]) + 1
+        i, chunk = i + chunk, chunk * 2
+    return None
+
+
+def _last_start(stream: np.ndarray) -> int:
+    """The last input position that opens a sentence (0 if only the first does)."""
+    i, chunk = len(stream) - 1, 4096
+    while i > 0:
+        low = max(0, i - chunk)
+        hits = np.flatnonzero(np.asarray(stream[low:i]) == EOS_ID)
+        if len(hits):
+            return low + int(hits[-1]) + 1
+        i, chunk = low, chunk * 2
+    return 0
+
+
+def column_bounds(stream: np.ndarray, num_columns: int) -> np.ndarray:
+    """[num_columns, 2]: each column's (start, end) input positions, cut at sentence starts.
+
+    Positions count in the split with a leading ``<eos>`` (the start context), so column c reads
+    inputs ``full[start:end]`` and targets ``full[start + 1 : end + 1]``. Column c starts at the
+    sentence start nearest at or after its even share c * n / C; a very short split has fewer
+    sentences than columns, and the columns left over are empty (start = end = n).
+    """
     n = len(stream)
-    sentence_starts = np.flatnonzero(full[:-1] == EOS_ID)  # input positions that open a sentence
-    # cut at the sentence start nearest at or after each even share c * n / C
-    ideal = np.arange(num_columns) * n / num_columns
-    at = np.minimum(np.searchsorted(sentence_starts, ideal), len(sentence_starts) - 1)
-    cuts = np.unique(sentence_starts[at])  # fewer cuts than columns only for very short splits
-    bounds = np.append(cuts, n)
-    length = int(np.diff(bounds).max()) if n else 0
-    # filled in NumPy: torch's copies can spin OpenMP threads on a busy machine (100x slower)
-    inputs = np.full((num_columns, length), EOS_ID, dtype=dtype)
-    targets = np.full((num_columns, length), IGNORE_INDEX, dtype=dtype)
-    for c, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        inputs[c, : end - start] = full[start:end]
-        targets[c, : end - start] = full[start + 1 : end + 1]
-    return torch.from_numpy(inputs), torch.from_numpy(targets)
+    starts = set()
+    for c in range(num_columns):
+        at = _first_start_from(stream, math.ceil(c * n / num_columns)) if n else 0
+        starts.add(_last_start(stream) if at is None else at)
+    cuts = sorted(starts)
+    cuts += [n] * (num_columns - len(cuts))
+    return np.stack([cuts, [*cuts[1:], n]], axis=1).astype(np.int64)
 
 
 class ColumnBatches(Dataset):
@@ -58,23 +78,31 @@ class ColumnBatches(Dataset):
     Under DDP, the ``B * world_size`` columns of the whole split are dealt out in contiguous
     blocks, so each rank reads its own contiguous part of the stream and the union of all ranks
     scores every token once. Every rank gets the same number of batches (columns share one
-    padded length), which DDP needs. Columns are stored in the stream's integer type; each batch
-    is handed out as int64, the type losses and ``gather`` take.
+    padded length, the longest column's), which DDP needs. Nothing is copied up front: each batch
+    is gathered from the (memory-mapped) stream when asked for, as int64, the type losses and
+    ``gather`` take; padding is ``<eos>`` inputs with ``IGNORE_INDEX`` targets.
     """
 
     def __init__(self, stream: np.ndarray, batch_size: int, bptt: int, rank=0, world_size=1):
-        inputs, targets = sentence_columns(stream, batch_size * world_size)
-        mine = slice(rank * batch_size, (rank + 1) * batch_size)
-        self.inputs, self.targets = inputs[mine], targets[mine]  # [B, L]
+        self.stream = np.asarray(stream)  # [n]; a view: a memory-mapped stream is not copied
+        bounds = column_bounds(self.stream, batch_size * world_size)
+        self.length = int((bounds[:, 1] - bounds[:, 0]).max())  # L, every column's padded length
+        self.bounds = bounds[rank * batch_size : (rank + 1) * batch_size]  # [B, 2], this rank's
         self.bptt = bptt
 
     def __len__(self) -> int:
-        return math.ceil(self.inputs.size(1) / self.bptt)
+        return math.ceil(self.length / self.bptt)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        span = slice(i * self.bptt, (i + 1) * self.bptt)
-        # [B, bptt] each (the last may be shorter)
-        return self.inputs[:, span].long(), self.targets[:, span].long()
+        first = i * self.bptt
+        width = min(self.bptt, self.length - first)
+        positions = self.bounds[:, :1] + first + np.arange(width)  # [B, width] input positions
+        real = positions < self.bounds[:, 1:]  # [B, width]; False: padding
+        p = np.where(real, positions, 0)
+        # full[p + 1] = stream[p]; full[p] = stream[p - 1], and full[0] is the <eos> start context
+        targets = np.where(real, self.stream[p], IGNORE_INDEX)
+        inputs = np.where(real & (p > 0), self.stream[np.maximum(p - 1, 0)], EOS_ID)
+        return torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(targets.astype(np.int64))
 
 
 class WindowBatches(Dataset):
@@ -87,23 +115,23 @@ class WindowBatches(Dataset):
 
     def __init__(self, stream: np.ndarray, window: int):
         self.window = window
-        stream = np.asarray(stream)  # read-only when memory-mapped: copied into a padded array
-        padded = np.full(window + len(stream), EOS_ID, dtype=np.result_type(stream, np.int32))
-        padded[window:] = stream
-        self.padded = torch.from_numpy(padded)  # [window + N], the stream's integer type
-        self.offsets = torch.arange(window)
+        self.stream = np.asarray(stream)  # [N]; a memory map stays one (nothing is copied)
+        self.offsets = np.arange(-window, 0)  # the window before a token, oldest first
 
     def __len__(self) -> int:
-        return len(self.padded) - self.window
+        return len(self.stream)
 
     def __getitem__(self, t: int):
         return self.__getitems__([t])
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.as_tensor(indices)
-        contexts = self.padded[t[:, None] + self.offsets]  # [n, window]
-        targets = self.padded[t + self.window][:, None]  # [n, 1]
-        return contexts.long(), targets.long()
+        t = np.asarray(indices)
+        positions = t[:, None] + self.offsets  # [n, window]; negative: before the split
+        contexts = np.where(positions >= 0, self.stream[np.maximum(positions, 0)], EOS_ID)
+        targets = self.stream[t][:, None]  # [n, 1]
+        return torch.from_numpy(contexts.astype(np.int64)), torch.from_numpy(
+            targets.astype(np.int64)
+        )
 
 
 def already_batched(batch):
