@@ -3,7 +3,7 @@
 The bound: a language model's mean NLL per token (nats) starts near log V (a uniform guess over
 the V words of the vocabulary) and falls as it learns. :class:`DivergenceGuard` stops the run
 when the training loss of a step (the global batch's, identical on every DDP rank, so all ranks
-stop together) or the validation perplexity's log is not finite or exceeds ``max_loss_factor``
+stop together: the LM task returns it as ``global_loss``; otherwise the logged ``train/loss``) or the validation perplexity's log is not finite or exceeds ``max_loss_factor``
 (default 3) times log V: a model three times worse than guessing has left the region where
 training makes progress (``model.optimizer.lr=1e12`` reaches that within a few steps).
 
@@ -43,7 +43,10 @@ class DivergenceGuard(L.Callback):
         return self.max_loss_factor * math.log(vocab_size) if vocab_size else math.inf
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        value = trainer.callback_metrics.get(self.loss)
+        # the step's global loss as the task returns it (logged only every log_every_n_steps)
+        value = outputs.get("global_loss") if isinstance(outputs, dict) else None
+        if value is None:
+            value = trainer.callback_metrics.get(self.loss)
         if value is not None:
             self._check(float(value), f"the training loss ({self.loss})", trainer, pl_module)
 
