@@ -24,6 +24,11 @@ from torch.utils.data import Dataset
 from lm_experiments.data.vocab import EOS_ID, IGNORE_INDEX
 
 
+def as_int64(ids: np.ndarray) -> torch.Tensor:
+    """A gathered batch as the int64 tensor losses and ``gather`` take."""
+    return torch.from_numpy(ids.astype(np.int64))
+
+
 def _first_start_from(stream: np.ndarray, position: int) -> int | None:
     """The first input position >= ``position`` that opens a sentence, or None if none does.
 
@@ -102,7 +107,7 @@ class ColumnBatches(Dataset):
         # full[p + 1] = stream[p]; full[p] = stream[p - 1], and full[0] is the <eos> start context
         targets = np.where(real, self.stream[p], IGNORE_INDEX)
         inputs = np.where(real & (p > 0), self.stream[np.maximum(p - 1, 0)], EOS_ID)
-        return torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(targets.astype(np.int64))
+        return as_int64(inputs), as_int64(targets)
 
 
 class WindowBatches(Dataset):
@@ -129,9 +134,7 @@ class WindowBatches(Dataset):
         positions = t[:, None] + self.offsets  # [n, window]; negative: before the split
         contexts = np.where(positions >= 0, self.stream[np.maximum(positions, 0)], EOS_ID)
         targets = self.stream[t][:, None]  # [n, 1]
-        return torch.from_numpy(contexts.astype(np.int64)), torch.from_numpy(
-            targets.astype(np.int64)
-        )
+        return as_int64(contexts), as_int64(targets)
 
 
 def already_batched(batch):
