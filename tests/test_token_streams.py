@@ -4,7 +4,10 @@ corpus and memory-mapped after, never stale."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import warnings
 
 import datasets
@@ -13,6 +16,7 @@ import pytest
 import torch
 
 from lm_experiments.data import LMDataModule, Vocabulary
+from lm_experiments.data.corpora import SPLITS
 from lm_experiments.data.tokens import count, ids, tokenize
 
 ALPHABET = ["a", "b", "é", "水", "<unk>", "<eos>", " ", "  ", "\t", "\u00a0", "\u3000", "\x0c"]
@@ -96,10 +100,26 @@ def test_the_cache_never_serves_a_stale_stream(tmp_path, cache_dir):
     assert capped.vocab.itos == ["<unk>", "<eos>", "a"]
 
 
-def test_an_in_memory_corpus_needs_no_cache(tmp_path, cache_dir):
-    dm = module(write_corpus(tmp_path / "corpus", "a b\n"), cache_dir)
+def test_a_warm_start_of_local_text_reads_neither_the_text_nor_datasets(tmp_path, cache_dir):
+    folder = write_corpus(tmp_path / "corpus", "a b b\nc\n")
+    cold = module(folder, cache_dir).streams["train"].tolist()
+    warm = module(folder, cache_dir)
+    assert warm.streams["train"].tolist() == cold
+    assert "corpus" not in warm.__dict__  # the key came from the files' stats, not their text
+    code = (
+        "import json, sys; from lm_experiments.data import LMDataModule; "
+        f"dm = LMDataModule(name='c', source='text', data_dir={str(folder)!r}, "
+        f"cache_dir={str(cache_dir)!r}); "
+        "print(json.dumps([dm.streams['train'].tolist(), 'datasets' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [cold, False]  # the same streams; datasets not imported
+
+
+def test_an_in_memory_corpus_needs_no_cache(cache_dir):
+    dm = LMDataModule(name="c", source="hub", hub_id="in-memory", cache_dir=str(cache_dir))
     dm.corpus = datasets.DatasetDict(  # what a source built in memory would return
-        {split: datasets.Dataset.from_dict({"text": ["x y x"]}) for split in dm.corpus}
+        {split: datasets.Dataset.from_dict({"text": ["x y x"]}) for split in SPLITS}
     )
     assert dm.vocab.itos[2:] == ["x", "y"]
     assert dm.streams["test"].tolist() == [2, 3, 2, 1]

@@ -3,6 +3,10 @@
 
 A source may add per-token columns (the generated corpus adds ``oracle_nll``). Sources are
 chosen by ``dataset.source`` and get their options from the rest of the ``dataset`` config node.
+
+The local-text sources also say which files they read (:func:`source_files`) without reading
+them: the stream cache is keyed by those files, so a warm start of local text never imports
+``datasets`` (over half a second of a start). ``datasets`` is imported where a corpus is read.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import codecs
 import inspect
 from pathlib import Path
-
-import datasets
-from datasets.exceptions import DatasetGenerationError
+from typing import TYPE_CHECKING
 
 from lm_experiments.errors import UserError
+
+if TYPE_CHECKING:
+    import datasets
 
 SPLITS = ("train", "validation", "test")
 
@@ -110,6 +115,9 @@ def read_lines(
     Undecodable bytes are one UserError naming the file, the line and the fix, unless
     ``errors`` is ``replace`` (U+FFFD) or ``ignore``.
     """
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
     codec = _codec(encoding, errors)
     paths = {split: _existing_file(option, path) for split, (option, path) in files.items()}
     try:
@@ -170,27 +178,24 @@ def _layout_file(data_dir: str | None, split: str) -> str | None:
     return str(found[0])
 
 
-def text_files(
+def text_paths(
     train_path: str | None = None,
     valid_path: str | None = None,
     test_path: str | None = None,
     data_dir: str | None = None,
     valid_fraction: float | None = None,
-    encoding: str = "utf-8",
-    errors: str = "strict",
-    cache_dir: str | None = None,
-) -> datasets.DatasetDict:
-    """Local text files, one sentence a line: three paths, or a ``data_dir`` holding
-    ``train.txt``/``valid.txt``/``test.txt`` (or WikiText's ``wiki.{train,valid,test}.tokens``);
-    a path given explicitly wins over ``data_dir``'s file. With ``valid_fraction`` the
-    validation split is the last lines of the training file instead of a file of its own."""
+    **reading,
+) -> dict[str, tuple[str, str]]:
+    """``{split: (option, path)}``: the files :func:`text_files` reads (no validation file when
+    ``valid_fraction`` carves it from the training file). ``reading``: the options of how they
+    are read, not of which."""
     if not (train_path or data_dir):
         raise UserError(
             "dataset=text needs its files: pass dataset.data_dir=DIR (holding train.txt, "
             "valid.txt, test.txt), or dataset.train_path, dataset.valid_path and dataset.test_path"
         )
     if valid_fraction is not None:
-        valid_fraction = _fraction(FRACTION["validation"], valid_fraction)
+        _fraction(FRACTION["validation"], valid_fraction)
         if valid_path:
             raise UserError(
                 "dataset.valid_path and dataset.valid_fraction are both set: validate on a file "
@@ -208,15 +213,47 @@ def text_files(
             "dataset.valid_path is not set: pass dataset.valid_path=PATH, or "
             "dataset.valid_fraction=0.1 to validate on the last tenth of the training file"
         )
+    return files
+
+
+def text_files(
+    train_path: str | None = None,
+    valid_path: str | None = None,
+    test_path: str | None = None,
+    data_dir: str | None = None,
+    valid_fraction: float | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    cache_dir: str | None = None,
+) -> datasets.DatasetDict:
+    """Local text files, one sentence a line: three paths, or a ``data_dir`` holding
+    ``train.txt``/``valid.txt``/``test.txt`` (or WikiText's ``wiki.{train,valid,test}.tokens``);
+    a path given explicitly wins over ``data_dir``'s file. With ``valid_fraction`` the
+    validation split is the last lines of the training file instead of a file of its own."""
+    import datasets
+
+    files = text_paths(train_path, valid_path, test_path, data_dir, valid_fraction)
     loaded = read_lines(files, encoding, errors, cache_dir)
-    if not carve:
+    if valid_fraction is None:
         return loaded
     parts = _cut(
-        loaded["train"], {"validation": valid_fraction}, f"dataset.train_path '{files['train'][1]}'"
+        loaded["train"],
+        {"validation": _fraction(FRACTION["validation"], valid_fraction)},
+        f"dataset.train_path '{files['train'][1]}'",
     )
     return datasets.DatasetDict(
         train=parts["train"], validation=parts["validation"], test=loaded["test"]
     )
+
+
+def single_file_paths(path: str | None = None, **cutting) -> dict[str, tuple[str, str]]:
+    """``{"train": ("path", path)}``: the one file :func:`single_file` reads and cuts."""
+    if not path:
+        raise UserError(
+            "dataset.path is not set: pass dataset.path=PATH to the text file to cut into "
+            "train/validation/test (dataset=shakespeare: tiny Shakespeare's input.txt)"
+        )
+    return {"train": ("path", path)}
 
 
 def single_file(
@@ -229,14 +266,12 @@ def single_file(
 ) -> datasets.DatasetDict:
     """One text file cut into contiguous train / validation / test lines (tiny Shakespeare),
     as in the usual char-rnn setup."""
-    if not path:
-        raise UserError(
-            "dataset.path is not set: pass dataset.path=PATH to the text file to cut into "
-            "train/validation/test (dataset=shakespeare: tiny Shakespeare's input.txt)"
-        )
+    import datasets
+
+    files = single_file_paths(path)
     given = {"validation": valid_fraction, "test": test_fraction}
     fractions = {split: _fraction(FRACTION[split], f) for split, f in given.items()}
-    text = read_lines({"train": ("path", path)}, encoding, errors, cache_dir)["train"]
+    text = read_lines(files, encoding, errors, cache_dir)["train"]
     return datasets.DatasetDict(_cut(text, fractions, f"dataset.path '{path}'"))
 
 
@@ -253,6 +288,8 @@ def hub(
     ``split_names`` maps our split names to the dataset's (PTB calls them
     train/validation/test, some corpora say ``valid``); ``text_column`` is renamed to ``text``.
     """
+    import datasets
+
     split_names = dict(split_names or {s: s for s in SPLITS})
     try:
         loaded = datasets.load_dataset(hub_id, hub_name, revision=revision, cache_dir=cache_dir)
@@ -296,10 +333,14 @@ def synthetic(
 
 
 SOURCES = {"text": text_files, "single_file": single_file, "hub": hub, "synthetic": synthetic}
+#: the local-text sources: the files each reads, from the same options, without reading them
+SOURCE_FILES = {"text": text_paths, "single_file": single_file_paths}
+#: the sources whose rows carry per-token columns (oracle NLL, annotations) beside ``text``
+ANNOTATED_SOURCES = ("synthetic",)
 
 
-def load_corpus(source: str, options: dict, cache_dir: str | None) -> datasets.DatasetDict:
-    """Call the source named ``source`` with ``options``, turning a bad option into a UserError."""
+def _checked(source: str, options: dict):
+    """The source named ``source``, once ``options`` are known to be its options."""
     if source not in SOURCES:
         raise UserError(f"unknown dataset.source '{source}'; choose one of {sorted(SOURCES)}")
     loader = SOURCES[source]
@@ -309,4 +350,19 @@ def load_corpus(source: str, options: dict, cache_dir: str | None) -> datasets.D
         raise UserError(
             f"dataset.source={source} does not take {unknown}; it takes {sorted(accepted)}"
         )
-    return loader(**options, cache_dir=cache_dir)
+    return loader
+
+
+def load_corpus(source: str, options: dict, cache_dir: str | None) -> datasets.DatasetDict:
+    """Call the source named ``source`` with ``options``, turning a bad option into a UserError."""
+    return _checked(source, options)(**options, cache_dir=cache_dir)
+
+
+def source_files(source: str, options: dict) -> dict[str, str] | None:
+    """``{split: resolved path}`` of the files a local-text source reads (checked to exist);
+    None for a source that is not local text (the hub, the generated corpus)."""
+    _checked(source, options)
+    if source not in SOURCE_FILES:
+        return None
+    files = SOURCE_FILES[source](**options)
+    return {split: _existing_file(option, path) for split, (option, path) in files.items()}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-import datasets
 import lightning as L
 import numpy as np
 import torch
@@ -19,12 +19,14 @@ from torch.utils.data.distributed import DistributedSampler
 
 from lm_experiments.data import stream_cache
 from lm_experiments.data.batching import ColumnBatches, WindowBatches, already_batched
-from lm_experiments.data.corpora import SPLITS, load_corpus
+from lm_experiments.data.corpora import ANNOTATED_SOURCES, SPLITS, load_corpus, source_files
 from lm_experiments.data.sampler import ResumableSampler, training_position
-from lm_experiments.data.synthetic import SENTENCE_LABELS, TOKEN_ANNOTATIONS
 from lm_experiments.data.tokens import TOKENIZERS, count, ids, tokenize
 from lm_experiments.data.vocab import Vocabulary
 from lm_experiments.errors import UserError
+
+if TYPE_CHECKING:
+    import datasets
 
 STAGE_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
@@ -96,7 +98,11 @@ class LMDataModule(L.LightningDataModule):
             "min_freq": self.min_freq,
             "max_size": self.max_size,
         }
-        key = stream_cache.fingerprint(self.corpus, settings)
+        files = source_files(self.source, self.source_options)
+        if files:  # local text: the key is known before the text is read
+            key = stream_cache.of_files(files, settings)
+        else:
+            key = stream_cache.of_corpus(self.corpus, settings)
         where = stream_cache.folder(self.cache_dir, key) if key else None
         cached = stream_cache.load(where, SPLITS) if where else None
         if cached:
@@ -132,7 +138,9 @@ class LMDataModule(L.LightningDataModule):
     @cached_property
     def oracle_ppl(self) -> dict[str, float]:
         """Exact perplexity of the corpus's generator per stage, when the corpus knows it."""
-        if "oracle_nll" not in self.corpus["train"].column_names:
+        if self.source not in ANNOTATED_SOURCES or (
+            "oracle_nll" not in self.corpus["train"].column_names
+        ):
             return {}
         out = {}
         for stage, split in STAGE_SPLIT.items():
@@ -148,8 +156,12 @@ class LMDataModule(L.LightningDataModule):
     def annotations(self) -> dict[str, dict[str, np.ndarray]]:
         """Per split, what the generated corpus knows (synthetic/annotations.py): per-token arrays
         aligned with ``streams`` and per-sentence labels. Empty for every other corpus."""
-        if "distance" not in self.corpus["train"].column_names:
+        if self.source not in ANNOTATED_SOURCES or (
+            "distance" not in self.corpus["train"].column_names
+        ):
             return {}
+        from lm_experiments.data.synthetic import SENTENCE_LABELS, TOKEN_ANNOTATIONS
+
         return {
             split: {c: flat_column(self.corpus[split], c, np.int64) for c in TOKEN_ANNOTATIONS}
             | {c: np.asarray(self.corpus[split][c], np.int64) for c in SENTENCE_LABELS}

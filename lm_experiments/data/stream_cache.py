@@ -6,8 +6,9 @@ tokenizes nor copies: each split's ids are a ``.npy`` file opened with
 on the machine), the vocabulary an Arrow file. They live beside the ``datasets`` cache, in a
 folder named by a fingerprint of everything they are computed from:
 
-* the corpus: each split's row count and its ``datasets`` cache files (path, size, mtime), which
-  ``datasets`` itself keys by the source files, their modification times and the reading options;
+* the input: for local text, the text files themselves (path, size, modification time: what
+  ``datasets`` keys its own cache by), so a warm start reads neither the text nor ``datasets``;
+  for the other sources, each split's row count and its ``datasets`` cache files;
 * the settings: the source and its options, the tokenizer, ``min_freq``, ``max_size``;
 * :data:`VERSION`, bumped whenever tokenization or the layout changes.
 
@@ -23,35 +24,56 @@ import json
 import os
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import pyarrow as pa
 
 from lm_experiments.data.vocab import Vocabulary
 
+if TYPE_CHECKING:
+    import datasets
+
 VERSION = 1
 VOCAB_FILE = "vocab.arrow"
 
 
-def fingerprint(corpus: datasets.DatasetDict, settings: dict) -> str | None:
+def _stats(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def _key(inputs: dict, settings: dict) -> str:
+    text = json.dumps({"version": VERSION, "settings": settings, "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def of_files(paths: dict[str, str], settings: dict) -> str:
+    """The cache key of the text files ``{split: path}`` tokenized with ``settings`` (and read
+    by this version of ``datasets``: its line reader decides what a row is)."""
+    files = {split: _stats(Path(path)) for split, path in paths.items()}
+    return _key({"files": files, "reader": metadata.version("datasets")}, settings)
+
+
+def of_corpus(corpus: datasets.DatasetDict, settings: dict) -> str | None:
     """The cache key of ``corpus`` tokenized with ``settings``; None when it is not on disk."""
     splits = {}
     for name, split in corpus.items():
         files = [Path(f["filename"]) for f in split.cache_files]
         if not files:
             return None
-        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-        splits[name] = {"rows": split.num_rows, "files": stats}
-    key = {"version": VERSION, "settings": settings, "splits": splits}
-    text = json.dumps(key, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+        splits[name] = {"rows": split.num_rows, "files": [_stats(f) for f in files]}
+    return _key(splits, settings)
 
 
 def folder(cache_dir: str | None, key: str) -> Path:
-    root = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE)
-    return root / "lm_experiments_streams" / key
+    if cache_dir:
+        return Path(cache_dir) / "lm_experiments_streams" / key
+    import datasets  # where it keeps its own cache
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "lm_experiments_streams" / key
 
 
 def load(where: Path, splits: tuple[str, ...]) -> tuple[Vocabulary, dict[str, np.ndarray]] | None:

@@ -25,7 +25,6 @@ from lm_experiments.data.synthetic.engine import EOS, GENERATOR_VERSION, Grammar
 from lm_experiments.data.synthetic.english import default_grammar, english_rules
 from lm_experiments.data.synthetic.lexicon import NOUNS, PREPOSITIONS, VERBS
 from lm_experiments.data.synthetic.splits import (
-    FEATURES,
     SENTENCE_LABELS,
     SPLITS,
     TOKEN_ANNOTATIONS,
@@ -36,7 +35,7 @@ from lm_experiments.data.synthetic.splits import (
 )
 
 __all__ = [
-    "DISTANCE_BUCKETS", "EOS", "FEATURES", "GENERATOR_VERSION", "NOUNS", "NO_DECIDER",
+    "DISTANCE_BUCKETS", "EOS", "GENERATOR_VERSION", "NOUNS", "NO_DECIDER",
     "NUMBER_LABELS", "PREPOSITIONS", "QUESTION_LABELS", "SENTENCE_LABELS", "SPLITS", "TAGS",
     "TOKEN_ANNOTATIONS", "VERBS",
     "VERB_CLASSES", "Annotation", "Grammar", "annotate", "build_synthetic_splits",

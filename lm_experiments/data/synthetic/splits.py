@@ -12,8 +12,7 @@ import hashlib
 import math
 import random
 from collections.abc import Iterator
-
-import datasets
+from typing import TYPE_CHECKING
 
 from lm_experiments.data.synthetic.annotations import (
     NUMBER_LABELS,
@@ -24,6 +23,9 @@ from lm_experiments.data.synthetic.annotations import (
 )
 from lm_experiments.data.synthetic.engine import Grammar
 from lm_experiments.data.synthetic.english import default_grammar
+
+if TYPE_CHECKING:
+    import datasets
 
 SPLITS = ("train", "validation", "test")
 TOKEN_ANNOTATIONS = ("distance", "tag")  # one value per token: the words, then <eos>
@@ -69,17 +71,21 @@ def _generate_default_split(
         yield row | annotate(grammar, row["text"].split())._asdict()
 
 
-FEATURES = datasets.Features(
-    {
-        "text": datasets.Value("string"),
-        "oracle_nll": datasets.List(datasets.Value("float64")),
-        "distance": datasets.List(datasets.Value("int32")),
-        "tag": datasets.List(datasets.ClassLabel(names=list(TAGS))),
-        "question": datasets.ClassLabel(names=list(QUESTION_LABELS)),
-        "subject_number": datasets.ClassLabel(names=list(NUMBER_LABELS)),
-        "verb_class": datasets.ClassLabel(names=list(VERB_CLASSES)),
-    }
-)
+def features() -> datasets.Features:
+    """The corpus's columns (``datasets`` is imported only when the corpus is built)."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "oracle_nll": datasets.List(datasets.Value("float64")),
+            "distance": datasets.List(datasets.Value("int32")),
+            "tag": datasets.List(datasets.ClassLabel(names=list(TAGS))),
+            "question": datasets.ClassLabel(names=list(QUESTION_LABELS)),
+            "subject_number": datasets.ClassLabel(names=list(NUMBER_LABELS)),
+            "verb_class": datasets.ClassLabel(names=list(VERB_CLASSES)),
+        }
+    )
 
 
 def build_synthetic_splits(
@@ -89,18 +95,20 @@ def build_synthetic_splits(
     test_tokens: int = 20_000,
     cache_dir: str | None = None,
 ) -> datasets.DatasetDict:
-    """The default corpus as a DatasetDict (train/validation/test; the columns of FEATURES).
+    """The default corpus as a DatasetDict (train/validation/test; the columns of features()).
 
     Built with `Dataset.from_generator`, so it is cached under `cache_dir` like any corpus; the
     cache key covers the seed, the sizes, the grammar's fingerprint and the annotations' version.
     """
+    import datasets
+
     fingerprint = default_grammar().fingerprint()
     sizes = {"train": train_tokens, "validation": valid_tokens, "test": test_tokens}
     return datasets.DatasetDict(
         {
             split: datasets.Dataset.from_generator(
                 _generate_default_split,
-                features=FEATURES,
+                features=features(),
                 cache_dir=cache_dir,
                 split=split,
                 gen_kwargs={
