@@ -4,12 +4,14 @@ and an LM's encoder carried into a classifier."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from lm_experiments.errors import UserError
 from lm_experiments.models.encoders import RecurrentEncoder
 from lm_experiments.models.heads import SentenceClassifier
 from lm_experiments.train import train
@@ -267,3 +269,17 @@ def test_sst2_s_unlabelled_test_split_is_never_scored_as_a_class(tmp_path, cache
     metrics = train(cfg)
     assert metrics["test/acc"] > metrics["test/majority_acc"]
     assert len(read_scores(scores_path(tmp_path / "run", "test"))["correct"]) == 30
+
+
+def test_a_diverging_classifier_stops_at_that_step_not_at_the_next_logged_one(tmp_path, cache_dir):
+    """train/loss is logged only every log_every_n_steps (here never); the divergence guard
+    (in every callbacks config) reads every step's loss from what training_step returns."""
+    files = write_labels(tmp_path, first_word_label, sizes=(120, 30, 30))
+    overrides = ["task=classify", *file_overrides("labels", files), *SMALL, *FAST]
+    # an infinite step turns every weight with a zero gradient into NaN (inf x 0)
+    overrides += ["model.optimizer.lr=inf", "trainer.log_every_n_steps=1000"]
+    cfg = compose_config(overrides, tmp_path, cache_dir)
+    with pytest.raises(UserError, match="training diverged") as stopped:
+        train(cfg)
+    step = int(re.search(r"at step (\d+)", str(stopped.value)).group(1))
+    assert step <= 2  # the first step's update makes the second loss NaN

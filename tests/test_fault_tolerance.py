@@ -385,7 +385,7 @@ def test_divergence_guard_checks_every_step_from_the_returned_global_loss():
     a CPU); the guard reads the loss each step returns, so a divergence between log steps
     still stops the run at its step."""
     from lm_experiments.runtime.divergence import DivergenceGuard
-    from lm_experiments.tasks.language_modeling import logs_this_step
+    from lm_experiments.tasks.step_log import logs_this_step
 
     class Module:
         vocab_size = 100

@@ -34,6 +34,7 @@ from lm_experiments.models.net import LanguageModelNet, detach_state
 from lm_experiments.tasks import counting
 from lm_experiments.tasks.perplexity import CorpusPerplexity
 from lm_experiments.tasks.scoring import KeptScores, write_epoch_scores
+from lm_experiments.tasks.step_log import logs_this_step
 
 STAGES = ("train", "val", "test")
 
@@ -65,18 +66,6 @@ def check_vocabulary(saved: list[str], vocab: Vocabulary | None) -> None:
 def class_path(obj) -> str:
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def logs_this_step(trainer) -> bool:
-    """Whether Lightning writes this training step's logged values: every
-    ``trainer.log_every_n_steps`` steps, and when the run stops. ``self.log`` costs about 1.5 ms
-    a call on a CPU whatever the value (Lightning moves the logged result's state to the value's
-    device each call): logging the loss only on the steps that write it saved 3% of a 2-thread
-    RNNLM step (``benchmarks/profile_step.py``). The progress bar's loss updates on those steps."""
-    if trainer is None:
-        return True
-    step = trainer.global_step + 1  # this step, counted as Lightning's logger connector counts
-    return step % max(1, trainer.log_every_n_steps) == 0 or trainer.should_stop
 
 
 class LanguageModeling(L.LightningModule):

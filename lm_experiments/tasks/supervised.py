@@ -15,6 +15,7 @@ from lm_experiments.errors import UserError
 from lm_experiments.models.encoders import RecurrentEncoder, WindowProjection
 from lm_experiments.models.window_encoder import WindowEncoder
 from lm_experiments.tasks.sentence_scores import sentence_rows, write_sentence_scores
+from lm_experiments.tasks.step_log import logs_this_step
 
 STAGES = ("train", "val", "test")
 
@@ -163,13 +164,10 @@ class SupervisedTask(L.LightningModule):
         self.update_scores(self.metrics[f"{stage}_scores"], predicted, targets)
         if stage != "train":
             self.kept[stage].append(sentence_rows(batch, predicted, targets))
-        self.log(
-            f"{stage}/loss",
-            loss,
-            prog_bar=stage == "train",
-            sync_dist=stage != "train",
-            batch_size=targets.size(0),
-        )
+        if stage != "train":  # the epoch's mean over its batches, over every rank
+            self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=targets.size(0))
+        elif logs_this_step(self._trainer):
+            self.log("train/loss", loss, prog_bar=True, batch_size=targets.size(0))
         return loss
 
     def update_scores(self, metrics: MetricCollection, predicted, targets) -> None:
@@ -180,7 +178,8 @@ class SupervisedTask(L.LightningModule):
                 metric.update(predicted, targets)
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        return {"loss": loss, "global_loss": loss.detach()}  # this rank's: for the guard
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
