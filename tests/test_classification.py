@@ -283,3 +283,20 @@ def test_a_diverging_classifier_stops_at_that_step_not_at_the_next_logged_one(tm
         train(cfg)
     step = int(re.search(r"at step (\d+)", str(stopped.value)).group(1))
     assert step <= 2  # the first step's update makes the second loss NaN
+
+
+def test_a_classifier_diverging_on_two_ddp_processes_stops_both_with_one_error_line(
+    tmp_path, cache_dir
+):
+    """Every rank's guard reads the ranks' mean loss: both stop at the same step and the
+    command ends with the one error line, neither left waiting for the other."""
+    files = write_labels(tmp_path, first_word_label, sizes=(120, 30, 30))
+    args = ["task=classify", *file_overrides("labels", files), *SMALL, "model.optimizer.lr=inf"]
+    args += ["trainer=ddp_cpu", "trainer.devices=2", "trainer.accelerator=cpu", "logger=none"]
+    args += ["callbacks=none", f"paths.output_dir={tmp_path / 'run'}", "print_config=false"]
+    args += [f"paths.cache_dir={cache_dir}", "trainer.enable_progress_bar=false"]
+    done = run_cli(args, tmp_path, timeout=120)
+    assert done.returncode != 0
+    assert "error: training diverged" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -3,11 +3,11 @@
 The bound: a language model's mean NLL per token (nats) starts near log V (a uniform guess over
 the V words of the vocabulary) and falls as it learns. :class:`DivergenceGuard` stops the run
 when the training loss of a step (as the task returns it, ``global_loss``: the LM task's is the
-global batch's, identical on every DDP rank, so all ranks stop together; the supervised tasks'
-is their rank's; else the logged ``train/loss``) or the validation perplexity's log is not
-finite or exceeds ``max_loss_factor`` (default 3) times log V: a model three times worse than
-guessing has left the region where training makes progress (``model.optimizer.lr=1e12``
-reaches that within a few steps).
+global batch's, the supervised tasks' the mean of the ranks' losses, identical on every DDP rank
+so that all ranks stop together; else the logged ``train/loss``) or the validation perplexity's
+log is not finite or exceeds ``max_loss_factor`` (default 3) times log V: a model three times
+worse than guessing has left the region where training makes progress
+(``model.optimizer.lr=1e12`` reaches that within a few steps).
 
 A validation perplexity that is infinite because the model gave some tokens probability zero
 (an unsmoothed n-gram: ``val/zero_prob`` counts them) is an honest figure, not a divergence.

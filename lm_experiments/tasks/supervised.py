@@ -179,7 +179,16 @@ class SupervisedTask(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
-        return {"loss": loss, "global_loss": loss.detach()}  # this rank's: for the guard
+        return {"loss": loss, "global_loss": self._mean_over_ranks(loss.detach())}
+
+    def _mean_over_ranks(self, loss: torch.Tensor) -> torch.Tensor:
+        """The ranks' mean loss, for the divergence guard: a loss that is not finite on one rank
+        is not finite on all, so every rank stops at the same step (none waits for another)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return loss
+        total = loss.double()
+        torch.distributed.all_reduce(total)  # sum over ranks
+        return (total / self.trainer.world_size).float()
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
