@@ -580,6 +580,21 @@ def test_one_checkpoint_of_tables_resumes_exactly_without_counting_again(
     assert resumed["best_checkpoint"] == str(last)
 
 
+@pytest.mark.parametrize("asked", ["model.order=5", "model.smoothing=witten_bell"])
+def test_a_checkpoint_of_another_order_or_smoothing_is_refused_not_reported_as_asked(
+    tmp_path, cache_dir, toy_corpus, asked
+):
+    """The tables fix the order and smoothing, and an n-gram's state dict is empty: without the
+    check, the run would report the saved 3-gram's perplexity under the asked settings."""
+    common = [*toy_overrides(toy_corpus), "model=ngram", *FAST]
+    trained = train(compose_config([*common, "model.order=3"], tmp_path / "a", cache_dir))
+    evaluate = [*common, asked, "train=false", f"ckpt_path={trained['best_checkpoint']}"]
+    with pytest.raises(UserError, match=r"holds NGramNet\(.*order=3, smoothing=kneser_ney\)"):
+        train(compose_config(evaluate, tmp_path / "b", cache_dir))
+    same = [*common, "model.order=3", "train=false", f"ckpt_path={trained['best_checkpoint']}"]
+    assert train(compose_config(same, tmp_path / "c", cache_dir))["test/ppl"] == trained["test/ppl"]
+
+
 def test_export_cli_writes_the_checkpoint_as_an_arpa_file_kenlm_reads(
     tmp_path, cache_dir, toy_corpus
 ):

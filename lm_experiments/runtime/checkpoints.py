@@ -141,14 +141,25 @@ def check_fits(asked: DictConfig, model: torch.nn.Module, checkpoint: dict) -> N
     # model_config names the net inside the module; model_group and model_class the module
     same_family = "model_group" not in checkpoint and "model_config" in checkpoint
     same_family = same_family or saved["_target_"] == asked.get("_target_")
-    if same_family and shapes == mine:
-        return
     asked_params = OmegaConf.to_container(asked, resolve=True)
+    if same_family and shapes == mine and not _other_settings(saved, asked_params, checkpoint):
+        return
     raise UserError(
         f"ckpt_path: the checkpoint holds {describe(saved['_target_'], saved)}, but the "
         f"configuration asks for {describe(str(asked.get('_target_')), asked_params)}; drop "
         "the model=/model.* overrides to use the checkpoint's model as it is"
     )
+
+
+def _other_settings(saved: dict, asked: dict, checkpoint: dict) -> list[str]:
+    """The settings the checkpoint's model fixes beyond its tensors (a net's
+    ``checkpoint_settings``: the n-gram's order, smoothing, ...) that differ from the asked."""
+    keys = (
+        getattr(model_class(checkpoint), "checkpoint_settings", ())
+        if "model_class" in checkpoint
+        else ()
+    )
+    return [k for k in keys if k in saved and saved[k] != asked.get(k)]
 
 
 # --- writing ------------------------------------------------------------------------------------

@@ -40,6 +40,9 @@ class NGramNet(LanguageModelNet):
 
     #: the language-modeling task counts it once instead of running a training loop
     count_based = True
+    #: the settings its saved tables fix, which a checkpoint's (empty) state dict cannot show:
+    #: ``check_fits`` refuses a checkpoint whose settings differ from the ones asked for
+    checkpoint_settings = ("order", "smoothing", "k", "arpa_path")
 
     def __init__(
         self,
