@@ -154,11 +154,8 @@ def check_fits(asked: DictConfig, model: torch.nn.Module, checkpoint: dict) -> N
 def _other_settings(saved: dict, asked: dict, checkpoint: dict) -> list[str]:
     """The settings the checkpoint's model fixes beyond its tensors (a net's
     ``checkpoint_settings``: the n-gram's order, smoothing, ...) that differ from the asked."""
-    keys = (
-        getattr(model_class(checkpoint), "checkpoint_settings", ())
-        if "model_class" in checkpoint
-        else ()
-    )
+    net = model_class(checkpoint) if "model_class" in checkpoint else None
+    keys = getattr(net, "checkpoint_settings", ())
     return [k for k in keys if k in saved and saved[k] != asked.get(k)]
 
 
